@@ -1,0 +1,118 @@
+"""The `prlm` command: parse, call the library, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from prlm import PrlmError, __version__
+from prlm.config import EvalConfig, add_config_args, config_from_args, to_dict
+
+
+def _cmd_eval(args) -> None:
+    from prlm.evaluation import summary_markdown
+    from prlm.pipeline import run_eval
+
+    cfg = config_from_args(EvalConfig, args)
+    summary = run_eval(cfg)
+    print(summary_markdown([summary]), end="")
+    for note in summary["notes"]:
+        print(note)
+    print(f"wrote {cfg.out}/ (predictions.jsonl, summary.json, summary.md) in {summary['wall_time_s']} s")
+
+
+def _cmd_compare(args) -> None:
+    from prlm.evaluation import compare_runs, load_run, summary_markdown
+
+    summaries = [load_run(p)[0] for p in (args.run_a, args.run_b)]
+    print(summary_markdown(summaries), end="")
+    print(f"paired bootstrap, {args.samples} resamples, B = {args.run_b} minus A = {args.run_a}:")
+    for result in compare_runs(args.run_a, args.run_b, samples=args.samples, seed=args.seed):
+        print("  " + result.line())
+
+
+def _cmd_data_synth(args) -> None:
+    from prlm.data.synthetic import SyntheticConfig, write_synthetic
+
+    cfg = config_from_args(SyntheticConfig, args)
+    write_synthetic(args.out, **to_dict(cfg))
+    print(f"wrote the synthetic task to {args.out}/ (train, dev, test in LaMP's layout, meta.json)")
+
+
+def _cmd_data_check(args) -> None:
+    from prlm.data import SPLITS, load_split, split_stats
+    from prlm.data.lamp import split_files
+
+    splits = SPLITS if args.split == "all" else (args.split,)
+    found = 0
+    for split in splits:
+        try:
+            split_files(args.dir, split)
+        except PrlmError:
+            if args.split != "all":
+                raise
+            continue
+        stats = split_stats(load_split(args.dir, split, args.task, allow_empty_profiles=args.allow_empty_profiles))
+        print(json.dumps(stats))
+        found += 1
+    if not found:
+        raise PrlmError(f"no split found in '{args.dir}' (expected {{train,dev,test}}_questions.json)")
+    print(f"ok: {found} split(s) of '{args.dir}' are valid for task {args.task}")
+
+
+def _cmd_demo(args) -> None:
+    from prlm.demo import run_demo
+
+    run_demo(args.out, limit=args.limit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prlm", description="Personalized RAG with explicit reasoning (PrLM).")
+    parser.add_argument("--version", action="version", version=f"prlm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="evaluate a method (no-profile, rag, prlm) on a split and write a run folder")
+    add_config_args(p, EvalConfig)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("compare", help="paired bootstrap between two run folders (B minus A)")
+    p.add_argument("run_a", help="run folder A (the baseline)")
+    p.add_argument("run_b", help="run folder B")
+    p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.set_defaults(func=_cmd_compare)
+
+    data = sub.add_parser("data", help="make or check datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write the synthetic personalized task in LaMP's layout")
+    p.add_argument("--out", required=True, help="folder to write")
+    from prlm.data.synthetic import SyntheticConfig
+
+    add_config_args(p, SyntheticConfig)
+    p.set_defaults(func=_cmd_data_synth)
+    p = data.add_parser("check", help="validate a dataset folder and print its statistics")
+    p.add_argument("dir", help="dataset folder in LaMP's layout")
+    p.add_argument("--task", default="LaMP-4", help="task name from the task table (default: LaMP-4)")
+    p.add_argument("--split", default="all", help="train, dev, test or all (default: all found)")
+    p.add_argument("--allow-empty-profiles", action="store_true", help="accept questions with an empty profile")
+    p.set_defaults(func=_cmd_data_check)
+
+    p = sub.add_parser("demo", help="both baselines on the synthetic task with the embedded model")
+    p.add_argument("--out", default="runs/demo", help="folder for the data and the runs (default: runs/demo)")
+    p.add_argument("--limit", type=int, default=0, help="questions to evaluate (0 = the whole dev split)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PrlmError as err:
+        print(f"prlm: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

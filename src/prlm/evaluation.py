@@ -1,0 +1,161 @@
+"""LaMP's metrics, the paired bootstrap, and run folders.
+
+ROUGE is computed as LaMP does: `rouge_score` with its default tokenizer, no
+stemming, F1, predictions matched to golds by id, mean over examples.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from prlm import PrlmError
+from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+@lru_cache(maxsize=1)
+def _scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=False)
+
+
+def rouge(prediction: str, gold: str) -> dict[str, float]:
+    """F1 of ROUGE-1, ROUGE-2 and ROUGE-L for one example (LaMP strips both)."""
+    scores = _scorer().score(gold.strip(), prediction.strip())
+    return {key: scores[key].fmeasure for key in ROUGE_KEYS}
+
+
+def meteor_status() -> str | None:
+    """None when METEOR can be computed, else why not (WordNet missing)."""
+    try:
+        from nltk.corpus import wordnet
+
+        wordnet.ensure_loaded()
+    except LookupError:
+        return "METEOR skipped: NLTK's WordNet is not installed (Debian: apt-get install wordnet, or nltk.download('wordnet') where there is internet)"
+    except ImportError:
+        return "METEOR skipped: nltk is not installed"
+    return None
+
+
+def meteor(prediction: str, gold: str) -> float:
+    from nltk.translate.meteor_score import meteor_score
+
+    return float(meteor_score([gold.split()], prediction.split()))
+
+
+def score_predictions(predictions: Mapping[str, str], golds: Mapping[str, str], with_meteor: bool = True) -> tuple[dict[str, dict], dict]:
+    """Per-example metrics and their means; the id sets must be equal, as in LaMP."""
+    if set(predictions) != set(golds):
+        missing = sorted(set(golds) - set(predictions))
+        extra = sorted(set(predictions) - set(golds))
+        raise PrlmError(
+            f"prediction ids differ from gold ids: {len(missing)} gold id(s) without prediction"
+            + (f" (e.g. '{missing[0]}')" if missing else "")
+            + f", {len(extra)} prediction id(s) without gold" + (f" (e.g. '{extra[0]}')" if extra else "")
+        )
+    do_meteor = with_meteor and meteor_status() is None
+    per_example = {}
+    for qid, gold in golds.items():
+        metrics = rouge(predictions[qid], gold)
+        if do_meteor:
+            metrics["meteor"] = meteor(predictions[qid], gold)
+        per_example[qid] = metrics
+    keys = list(next(iter(per_example.values()), {}))
+    means = {k: float(np.mean([m[k] for m in per_example.values()])) for k in keys}
+    return per_example, means
+
+
+@dataclass
+class BootstrapResult:
+    metric: str
+    mean_a: float
+    mean_b: float
+    diff: float
+    low: float
+    high: float
+    p_value: float
+    """Share of resamples where B - A <= 0 (one-sided, for B better than A)."""
+    n: int
+    samples: int
+
+    def line(self) -> str:
+        return (f"{self.metric}: {self.mean_b:.4f} - {self.mean_a:.4f} = {self.diff:+.4f} "
+                f"[95% CI {self.low:+.4f}, {self.high:+.4f}] (n={self.n})")
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], metric: str = "", samples: int = 1000, seed: int = 0) -> BootstrapResult:
+    """Difference of means B - A with a percentile 95% interval, resampling examples."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise PrlmError(f"paired bootstrap needs two equal, non-empty lists of scores (got {a.size} and {b.size})")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(samples, a.size))
+    diffs = b[idx].mean(axis=1) - a[idx].mean(axis=1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return BootstrapResult(metric, float(a.mean()), float(b.mean()), float(b.mean() - a.mean()),
+                           float(low), float(high), float((diffs <= 0).mean()), int(a.size), samples)
+
+
+# --- run folders -------------------------------------------------------------
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("prlm", "torch", "transformers", "trl", "sentence-transformers", "rouge-score"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+
+
+def write_run(out: str | Path, rows: list[dict], summary: dict, task_name: str) -> None:
+    """predictions.jsonl (per example), lamp_predictions.json (LaMP's format), summary.json, summary.md."""
+    out = Path(out)
+    atomic_write_jsonl(out / "predictions.jsonl", rows)
+    atomic_write_json(out / "lamp_predictions.json",
+                      {"task": task_name, "golds": [{"id": r["id"], "output": r["answer"]} for r in rows]})
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", summary_markdown([summary]))
+
+
+def load_run(path: str | Path) -> tuple[dict, list[dict]]:
+    path = Path(path)
+    if not (path / "summary.json").is_file() or not (path / "predictions.jsonl").is_file():
+        raise PrlmError(f"'{path}' is not a run folder (needs summary.json and predictions.jsonl); make one with `prlm eval --out {path}`")
+    return json.loads((path / "summary.json").read_text(encoding="utf-8")), read_jsonl(path / "predictions.jsonl")
+
+
+def summary_markdown(summaries: Sequence[dict]) -> str:
+    keys = [k for k in ("rouge1", "rougeL", "rouge2", "meteor") if any(k in s["metrics"] for s in summaries)]
+    head = "| run | method | retriever | k | n | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (5 + len(keys))]
+    for s in summaries:
+        c = s["config"]
+        vals = " | ".join(f"{s['metrics'][k]:.4f}" if k in s["metrics"] else "-" for k in keys)
+        lines.append(f"| {s.get('name', '')} | {c['method']} | {c['retriever']} | {c['k']} | {s['n']} | {vals} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(path_a: str | Path, path_b: str | Path, samples: int = 1000, seed: int = 0) -> list[BootstrapResult]:
+    """Paired bootstrap of B against A on every metric both runs have."""
+    (sum_a, rows_a), (sum_b, rows_b) = load_run(path_a), load_run(path_b)
+    by_id_a, by_id_b = {r["id"]: r for r in rows_a}, {r["id"]: r for r in rows_b}
+    if set(by_id_a) != set(by_id_b):
+        raise PrlmError(f"runs '{path_a}' and '{path_b}' cover different question ids; evaluate both on the same split and limit")
+    ids = sorted(by_id_a)
+    metrics = [k for k in sum_a["metrics"] if k in sum_b["metrics"]]
+    return [paired_bootstrap([by_id_a[i]["metrics"][m] for i in ids], [by_id_b[i]["metrics"][m] for i in ids],
+                             metric=m, samples=samples, seed=seed) for m in metrics]

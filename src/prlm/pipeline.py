@@ -1,0 +1,72 @@
+"""Runs that chain the stages: data -> retrieval -> prompts -> generation -> evaluation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prlm import PrlmError
+from prlm.config import EvalConfig
+from prlm.data import get_task, load_split
+from prlm.evaluation import environment, meteor_status, score_predictions, write_run
+from prlm.generation import SamplingParams, make_generator
+from prlm.prompts import build_prompt, parse_completion
+from prlm.retrieval import DenseRetriever, make_retriever
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None) -> dict:
+    """Evaluate one method on one split and write its run folder; returns the summary.
+
+    `generator`/`tokenizer` may be passed to reuse a loaded model across runs.
+    """
+    started = time.time()
+    task = get_task(cfg.task)
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None,
+                         allow_empty_profiles=cfg.allow_empty_profiles, require_golds=True)
+    if not dataset.examples:
+        raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    if isinstance(retriever, DenseRetriever):
+        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
+    if generator is None:
+        generator, tokenizer = make_generator(cfg.model, cfg.backend, cfg.device, cfg.batch_size)
+
+    retrieved, prompts = [], []
+    for ex in dataset.examples:
+        entries, scores = retriever(ex.input, ex.profile, cfg.k)
+        retrieved.append([{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries, scores)])
+        prompts.append(build_prompt(task, ex.input, entries, cfg.method, tokenizer, cfg.max_prompt_tokens))
+
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed, stop=["</answer>"] if cfg.method == "prlm" else [])
+    completions = generator.generate([p.text for p in prompts], params, progress=progress,
+                                     desc=f"{cfg.method} on {cfg.split}")
+    parsed = [parse_completion(c[0], cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
+    per_example, means = score_predictions({ex.id: r.answer for ex, r in zip(dataset.examples, parsed)},
+                                           {ex.id: ex.gold for ex in dataset.examples})
+    rows = []
+    for ex, hits, prompt, completion, result in zip(dataset.examples, retrieved, prompts, completions, parsed):
+        rows.append({
+            "id": ex.id, "user_id": ex.user_id, "retrieved": hits[:prompt.entries_used],
+            "prompt": prompt.user, "prompt_tokens": prompt.num_tokens, "completion": completion[0],
+            "reasoning": result.reasoning, "answer": result.answer, "gold": ex.gold,
+            "metrics": per_example[ex.id],
+        })
+    summary = {
+        "name": Path(cfg.out).name,
+        "task": task.name,
+        "data": str(cfg.data),
+        "split": cfg.split,
+        "n": len(rows),
+        "metrics": means,
+        "empty_answers": sum(not r["answer"] for r in rows),
+        "config": asdict(cfg),
+        "notes": [note for note in [meteor_status()] if note],
+        "environment": environment(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    write_run(cfg.out, rows, summary, task.name)
+    return summary

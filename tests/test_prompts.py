@@ -1,0 +1,98 @@
+import pytest
+
+from helpers import lamp4_questions
+from prlm import PrlmError
+from prlm.data import get_task
+from prlm.prompts import build_prompt, count_tokens, parse_completion
+
+TASK = get_task("LaMP-4")
+
+
+def _long_profile(n=6, words=400):
+    return [{"id": str(i), "title": f"Title {i}", "text": " ".join(f"word{i}x{j}" for j in range(words)),
+             "date": "2020-01-01"} for i in range(n)]
+
+
+@pytest.mark.parametrize("style", ["no-profile", "rag", "prlm"])
+@pytest.mark.parametrize("limit", [200, 512, 1024])
+def test_prompt_never_exceeds_budget(policy_tokenizer, style, limit):
+    text = "Generate a headline for the following article: " + "news " * 50
+    prompt = build_prompt(TASK, text, _long_profile(), style, policy_tokenizer, max_prompt_tokens=limit)
+    assert prompt.num_tokens == count_tokens(policy_tokenizer, prompt.text) <= limit
+    if style != "no-profile" and limit >= 512:
+        assert prompt.entries_used == 6
+        assert all(f"Title {i}" in prompt.user for i in range(6))
+
+
+def test_entries_share_budget_and_unused_budget_carries(policy_tokenizer):
+    profile = _long_profile(n=3, words=300)
+    profile[0]["text"] = "short text"  # leaves most of its share to the next entries
+    prompt = build_prompt(TASK, "Generate a headline for the following article: x", profile, "rag",
+                          policy_tokenizer, max_prompt_tokens=400)
+    assert "short text" in prompt.user
+    kept = [prompt.user.count(f"word{i}x") for i in (1, 2)]
+    # Entry 1 gets its own share plus entry 0's leftover, so it keeps more than entry 2.
+    assert kept[0] > kept[1] > 0
+    assert prompt.num_tokens <= 400
+
+
+def test_overlong_input_is_cut_to_half_the_budget(policy_tokenizer):
+    text = "Generate a headline for the following article: " + "long " * 2000
+    prompt = build_prompt(TASK, text, _long_profile(2), "rag", policy_tokenizer, max_prompt_tokens=300)
+    assert prompt.num_tokens <= 300
+    with pytest.raises(PrlmError, match="raise it"):
+        build_prompt(TASK, text, [], "prlm", policy_tokenizer, max_prompt_tokens=20)
+
+
+def test_styles_differ_as_documented(policy_tokenizer):
+    questions, _ = lamp4_questions(n=1)
+    q = questions[0]
+    none = build_prompt(TASK, q["input"], q["profile"][:2], "no-profile", policy_tokenizer)
+    rag = build_prompt(TASK, q["input"], q["profile"][:2], "rag", policy_tokenizer)
+    prlm = build_prompt(TASK, q["input"], q["profile"][:2], "prlm", policy_tokenizer)
+    assert "is the headline for" not in none.user and none.entries_used == 0
+    assert '"River news 0" is the headline for' in rag.user and ", and " in rag.user
+    assert "<think>" in prlm.user and prlm.text.endswith("<think>") and prlm.prefill == "<think>"
+    assert rag.text.endswith("assistant\n")  # the chat template's generation prompt
+
+
+# (completion after the pre-fill, expected reasoning, expected answer)
+REASONING_CASES = [
+    ("The user is terse.</think>\n<answer>Fix the parser</answer>", "The user is terse.", "Fix the parser"),
+    ("r</think><answer>  \"Fix the parser\"  </answer> trailing", "r", "Fix the parser"),
+    ("r</think><answer>Fix the parser", "r", "Fix the parser"),  # unclosed answer
+    ("r</think>\nFix the parser\nmore text", "r", "Fix the parser"),  # no answer tags
+    ("r</think><answer></answer>", "r", ""),  # empty answer
+    ("r</think><answer>Headline: Fix it</answer>", "r", "Fix it"),  # label stripped
+    ("reasoning that never closes", "reasoning that never closes", ""),
+    ("r <answer>Fix it</answer>", "r", "Fix it"),  # think unclosed, answer present
+    ("", "", ""),
+    ("<think>nested</think><answer>A</answer><answer>B</answer>", "", "A"),
+]
+
+
+@pytest.mark.parametrize("completion,reasoning,answer", REASONING_CASES)
+def test_reasoning_extraction_table(completion, reasoning, answer):
+    parsed = parse_completion(completion, "prlm", TASK, prefill="<think>")
+    assert parsed.answer == answer
+    if reasoning:
+        assert parsed.reasoning == reasoning
+
+
+def test_reasoning_without_any_tags_uses_last_line():
+    assert parse_completion("thinking...\nFinal Title", "prlm", TASK).answer == "Final Title"
+
+
+PLAIN_CASES = [
+    ("Fix the parser", "Fix the parser"),
+    ("\n\n  Fix the parser  \nExplanation: ...", "Fix the parser"),
+    ('"Fix the parser"', "Fix the parser"),
+    ("Headline: Fix the parser", "Fix the parser"),
+    ("<answer>Fix the parser</answer>", "Fix the parser"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize("completion,answer", PLAIN_CASES)
+def test_plain_extraction_table(completion, answer):
+    assert parse_completion(completion, "rag", TASK).answer == answer

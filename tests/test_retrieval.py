@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+from rank_bm25 import BM25Okapi
+
+from helpers import lamp4_questions
+from prlm import PrlmError
+from prlm.data import get_task, load_split
+from prlm.retrieval import make_retriever, okapi_scores
+
+TASK = get_task("LaMP-4")
+
+
+def _profile():
+    return lamp4_questions(n=1, profile_size=8)[0][0]["profile"]
+
+
+def _assert_same_top_k(task, query, profile, k):
+    """Same top-k as rank_bm25 on LaMP's whitespace tokenization: equal scores,
+    and equal ids wherever the k-th score is not tied."""
+    entries, scores = make_retriever("bm25", task)(query, profile, k)
+    reference = BM25Okapi([task.entry_text(e).split() for e in profile])
+    ref_scores = reference.get_scores(task.query(query).split())
+    ref_top = np.sort(ref_scores)[::-1][:k]
+    np.testing.assert_allclose(scores, ref_top, rtol=1e-9, atol=1e-12)
+    cutoff = ref_top[-1] if len(ref_top) else None
+    ours = {e["id"] for e, s in zip(entries, scores) if s > cutoff + 1e-9}
+    theirs = {profile[i]["id"] for i in np.argsort(ref_scores)[::-1][:k] if ref_scores[i] > cutoff + 1e-9}
+    assert ours == theirs
+
+
+def test_bm25_matches_rank_bm25_including_negative_idf_floor():
+    profile = [
+        {"id": "a", "title": "common common", "text": "apple banana", "date": "2020-01-01"},
+        {"id": "b", "title": "common", "text": "banana cherry", "date": "2020-01-02"},
+        {"id": "c", "title": "common", "text": "cherry durian durian", "date": "2020-01-03"},
+        {"id": "d", "title": "other", "text": "elder fig", "date": "2020-01-04"},
+    ]
+    query = "Generate a headline for the following article: common banana durian durian"
+    _assert_same_top_k(TASK, query, profile, 3)
+    # 'common' is in 3 of 4 entries: its idf is negative and floored, not zero.
+    assert okapi_scores(["common"], [["common", "a"], ["common", "b"], ["common", "c"], ["x"]])[0] > 0
+
+
+def test_bm25_scores_and_order():
+    profile = _profile()
+    entries, scores = make_retriever("bm25", TASK)("The river flooded the market", profile, 3)
+    assert len(entries) == 3 and scores == sorted(scores, reverse=True)
+    assert entries[0]["id"] in {"0-0", "0-1"}  # the river / market entries
+
+
+@pytest.mark.slow
+def test_bm25_matches_rank_bm25_on_real_data():
+    task = get_task("commit-subject")
+    ds = load_split("../shared/data/git-commit-subject", "dev", task)
+    for ex in ds.examples[:80]:
+        _assert_same_top_k(task, ex.input, ex.profile, 4)
+
+
+def test_recency_returns_newest_first_and_rejects_bad_dates():
+    profile = _profile()
+    entries, _ = make_retriever("recency", TASK)("anything", profile, 2)
+    assert [e["date"] for e in entries] == ["2020-01-08", "2020-01-07"]
+    profile[0]["date"] = "yesterday"
+    with pytest.raises(PrlmError, match="not YYYY-MM-DD"):
+        make_retriever("recency", TASK)("anything", profile, 2)
+
+
+def test_random_is_seeded():
+    profile = _profile()
+    ids = lambda seed: [e["id"] for e in make_retriever("random", TASK, seed=seed)("q", profile, 4)[0]]
+    assert ids(0) == ids(0)
+    assert any(ids(0) != ids(s) for s in range(1, 6))
+
+
+def test_none_k_zero_and_short_profiles():
+    profile = _profile()
+    assert make_retriever("none", TASK)("q", profile, 4) == ([], [])
+    assert make_retriever("bm25", TASK)("q", profile, 0) == ([], [])
+    assert len(make_retriever("bm25", TASK)("river", profile[:2], 10)[0]) == 2
+    with pytest.raises(PrlmError, match="unknown retriever"):
+        make_retriever("tfidf", TASK)
+
+
+def test_bm25s_ranks_the_obvious_entry_first():
+    profile = _profile()
+    entries, scores = make_retriever("bm25s", TASK)("storm storm vote", profile, 2)
+    assert entries[0]["text"].count("storm") or entries[0]["text"].count("vote")
+    assert scores[0] >= scores[1]
+
+
+@pytest.mark.slow
+def test_dense_with_embedded_encoder_prefers_related_entry():
+    profile = [
+        {"id": "a", "title": "Stocks fall", "text": "Shares dropped on the stock exchange today.", "date": "2020-01-01"},
+        {"id": "b", "title": "Cup final", "text": "The football team won the championship match.", "date": "2020-01-02"},
+    ]
+    retriever = make_retriever("dense", TASK)
+    entries, scores = retriever("The soccer club celebrated its title win.", profile, 2)
+    assert entries[0]["id"] == "b" and scores[0] > scores[1]
