@@ -89,6 +89,9 @@ PLAIN_CASES = [
     ('"Fix the parser"', "Fix the parser"),
     ("Headline: Fix the parser", "Fix the parser"),
     ("<answer>Fix the parser</answer>", "Fix the parser"),
+    ("Your subject line is:\n\nFix the parser\n", "Fix the parser"),  # an introducing line is skipped
+    ("Subject line:\nFix the parser", "Fix the parser"),
+    ("Note: the parser was fixed", "Note: the parser was fixed"),  # a colon inside the answer stays
     ("", ""),
 ]
 

@@ -61,6 +61,28 @@ def _cmd_data_check(args) -> None:
     print(f"ok: {found} split(s) of '{args.dir}' are valid for task {args.task}")
 
 
+def _cmd_rescore(args) -> None:
+    from prlm.evaluation import summary_markdown
+    from prlm.pipeline import rescore_run
+
+    print(summary_markdown([rescore_run(path) for path in args.runs]), end="")
+
+
+def _cmd_train(args) -> None:
+    from prlm.training.config import TrainConfig
+    from prlm.training.grpo import train_grpo
+
+    final = train_grpo(config_from_args(TrainConfig, args))
+    print(f"trained policy saved to {final}/")
+
+
+def _cmd_run(args) -> None:
+    from prlm.study import load_study_config, run_study
+
+    status = run_study(load_study_config(args.config, args.set))
+    print("stages: " + ", ".join(f"{name} {what}" for name, what in status.items()))
+
+
 def _cmd_demo(args) -> None:
     from prlm.demo import run_demo
 
@@ -83,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.set_defaults(func=_cmd_compare)
 
+    p = sub.add_parser("rescore", help="re-extract answers from a run's recorded completions and recompute its metrics")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.set_defaults(func=_cmd_rescore)
+
     data = sub.add_parser("data", help="make or check datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the synthetic personalized task in LaMP's layout")
     p.add_argument("--out", required=True, help="folder to write")
@@ -97,10 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-empty-profiles", action="store_true", help="accept questions with an empty profile")
     p.set_defaults(func=_cmd_data_check)
 
+    p = sub.add_parser("train", help="train the policy with GRPO (optional supervised warm-up of the format first)")
+    from prlm.training.config import TrainConfig
+
+    add_config_args(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="the whole study from a YAML config: data, retrieval, reward model, GRPO, "
+                                   "three methods evaluated, report; finished stages are skipped on rerun")
+    p.add_argument("config", help="study YAML (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an option, dotted for sections: --set train.max_steps=5 (repeatable)")
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser("demo", help="both baselines on the synthetic task with the embedded model")
     p.add_argument("--out", default="runs/demo", help="folder for the data and the runs (default: runs/demo)")
     p.add_argument("--limit", type=int, default=0, help="questions to evaluate (0 = the whole dev split)")
     p.set_defaults(func=_cmd_demo)
+    from prlm.reward.cli import add_rm_commands
+    add_rm_commands(sub)
     return parser
 
 

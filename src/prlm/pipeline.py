@@ -14,6 +14,7 @@ from prlm.evaluation import environment, meteor_status, score_predictions, write
 from prlm.generation import SamplingParams, make_generator
 from prlm.prompts import build_prompt, parse_completion
 from prlm.retrieval import DenseRetriever, make_retriever
+from prlm.reward.format import has_reasoning_format
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None) -> dict:
@@ -56,6 +57,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         })
     summary = {
         "name": Path(cfg.out).name,
+        **({"format_rate": sum(has_reasoning_format(r["completion"], p.prefill) for r, p in zip(rows, prompts)) / len(rows)}
+           if cfg.method == "prlm" else {}),
         "task": task.name,
         "data": str(cfg.data),
         "split": cfg.split,
@@ -69,4 +72,27 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         "wall_time_s": round(time.time() - started, 1),
     }
     write_run(cfg.out, rows, summary, task.name)
+    return summary
+
+
+def rescore_run(path: str | Path) -> dict:
+    """Re-extract answers from the recorded completions with the current parser
+    and recompute the metrics, without generating again."""
+    from prlm.evaluation import load_run
+    from prlm.prompts import prefill_for
+
+    summary, rows = load_run(path)
+    method, task = summary["config"]["method"], get_task(summary["task"])
+    prefill = prefill_for(method)
+    for row in rows:
+        parsed = parse_completion(row["completion"], method, task, prefill=prefill)
+        row["reasoning"], row["answer"] = parsed.reasoning, parsed.answer
+    per_example, means = score_predictions({r["id"]: r["answer"] for r in rows}, {r["id"]: r["gold"] for r in rows})
+    for row in rows:
+        row["metrics"] = per_example[row["id"]]
+    summary["metrics"], summary["empty_answers"] = means, sum(not r["answer"] for r in rows)
+    if method == "prlm":
+        summary["format_rate"] = sum(has_reasoning_format(r["completion"], prefill) for r in rows) / len(rows)
+    summary["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_run(path, rows, summary, task.name)
     return summary

@@ -148,12 +148,17 @@ _QUOTES = "\"'`“”‘’*"
 def clean_answer(text: str, task: Task | None = None) -> str:
     """One line, without tags, surrounding quotes or a leading label like 'Headline:'."""
     text = _TAG.sub(" ", text).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     labels = ["answer", "headline", "title", "subject line", "subject", "tweet", "paraphrase"]
     if task is not None:
         labels.insert(0, task.output_name)
     label_re = re.compile(r"^(?:" + "|".join(re.escape(x) for x in labels) + r")\s*[:\-]\s*", re.IGNORECASE)
-    line = label_re.sub("", line).strip()
+    line = ""
+    for candidate in (ln.strip() for ln in text.splitlines() if ln.strip()):
+        line = label_re.sub("", candidate).strip()
+        # "Here is the subject line:" introduces the answer on the next line.
+        if line and not (line.endswith(":") and len(line.split()) <= 8):
+            break
+        line = ""
     if len(line) >= 2 and line[0] in _QUOTES and line[-1] in _QUOTES:
         line = line.strip(_QUOTES).strip()
     return " ".join(line.split())

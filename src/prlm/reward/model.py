@@ -1,0 +1,530 @@
+"""The personalization reward model: an encoder over (input, answer) with a scalar head.
+
+* Model: ``AutoModelForSequenceClassification(num_labels=1)`` over the text
+  pair ``(input [+ top profile entries], answer)``; the default backbone is
+  the embedded MiniLM (``minilm``), the paper's is ``bert-base-uncased``.
+  Segment ids are not used (TRL's preference collator passes only
+  ``input_ids`` and ``attention_mask``); scoring encodes exactly as training.
+* Training: TRL's ``RewardTrainer`` (the transformers ``Trainer`` with the
+  Bradley-Terry loss ``-log sigmoid(s(x, y+) - s(x, y-))``) on pre-tokenized
+  ``chosen_ids``/``rejected_ids``; validation on held-out *users* after each
+  epoch, the best epoch (pairwise accuracy) is kept.
+* Checkpoint folder: the model, its tokenizer and ``prlm_rm_config.json``
+  (backbone, max length, context option, training metrics). Loading checks
+  that folder and turns mismatches into one-line :class:`prlm.PrlmError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from prlm import PrlmError
+from prlm.config import opt
+from prlm.io import atomic_write_json
+
+RM_CONFIG_NAME = "prlm_rm_config.json"
+RM_FORMAT = "prlm-reward-model"
+
+
+@dataclass
+class TrainConfig:
+    pairs: str = opt("", "Pairs JSONL written by `prlm rm pairs`.")
+    out: str = opt("", "Checkpoint folder to write (model, tokenizer, prlm_rm_config.json).")
+    backbone: str = opt("minilm", "Encoder: 'minilm' (embedded), 'bert-base-uncased' (the paper's), a local folder "
+                        "or a Hugging Face id.")
+    max_length: int = opt(256, "Token limit of one (input, answer) pair; the input side is cut first.")
+    context_entries: int = opt(0, "Retrieved profile entries (the pairs' 'context') added to the input side; "
+                               "0 scores (input, answer) alone, as the paper does.")
+    kinds: str = opt("", "Train only on these pair kinds, comma separated (empty = every pair in the file).")
+    batch_size: int = opt(64, "Pairs per training batch (the paper's 64).")
+    eval_batch_size: int = opt(64, "Pairs per validation batch.")
+    lr: float = opt(5e-5, "Learning rate (the paper's 5e-5).")
+    epochs: float = opt(3.0, "Training epochs (the paper's 3).")
+    val_fraction: float = opt(0.1, "Share of users held out for validation (the paper's 90/10 split, here by user).")
+    seed: int = opt(0, "Seed for the user split, the head's initialization and the data order.")
+    device: str = opt("auto", "'cpu', 'cuda' or 'auto' (CUDA when available).")
+    bf16: bool = opt(False, "bf16 mixed precision (GPU only).")
+    overwrite: bool = opt(False, "Replace an existing checkpoint folder.")
+
+    def __post_init__(self):
+        if not self.pairs:
+            raise PrlmError("pairs is required: pass --pairs FILE.jsonl (from `prlm rm pairs`)")
+        if not self.out:
+            raise PrlmError("out is required: pass --out runs/NAME (the checkpoint folder)")
+        for name in ("max_length", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length < 8:
+            raise PrlmError(f"max_length={self.max_length} is too short for an input and an answer; use 64 or more")
+        if self.context_entries < 0:
+            raise PrlmError(f"context_entries must be >= 0, got {self.context_entries}")
+        if not self.lr > 0:
+            raise PrlmError(f"lr must be > 0, got {self.lr}")
+        if not self.epochs > 0:
+            raise PrlmError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.val_fraction < 1:
+            raise PrlmError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class RMEvalConfig:
+    model: str = opt("", "Reward model checkpoint folder (from `prlm rm train`).")
+    pairs: str = opt("", "Pairs JSONL to rank (from `prlm rm pairs`).")
+    kinds: str = opt("", "Evaluate only these pair kinds, comma separated (empty = all).")
+    batch_size: int = opt(64, "Pairs per scoring batch.")
+    device: str = opt("cpu", "Device for the reward model: 'cpu', 'cuda', 'cuda:1' or 'auto'.")
+    samples: int = opt(1000, "Bootstrap resamples of the pairs for the 95% intervals.")
+    seed: int = opt(0, "Bootstrap seed.")
+    backbone: str = opt("", "When set, the checkpoint must have been trained from this backbone.")
+    out: str = opt("", "JSON file to write the metrics and per-pair scores to (optional).")
+
+    def __post_init__(self):
+        if not self.model:
+            raise PrlmError("model is required: pass --model CHECKPOINT (from `prlm rm train`)")
+        if not self.pairs:
+            raise PrlmError("pairs is required: pass --pairs FILE.jsonl")
+        if self.batch_size < 1:
+            raise PrlmError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.samples < 1:
+            raise PrlmError(f"samples must be at least 1, got {self.samples}")
+
+
+# --- loss and split ----------------------------------------------------------
+
+def bradley_terry_loss(chosen, rejected):
+    """Mean of ``-log sigmoid(s(x, y+) - s(x, y-))`` (the loss TRL's RewardTrainer minimizes)."""
+    import torch
+
+    return -torch.nn.functional.logsigmoid(torch.as_tensor(chosen) - torch.as_tensor(rejected)).mean()
+
+
+def split_by_user(rows: Sequence[dict], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Deterministic train/validation split of pairs by user: no user is on both sides.
+
+    Users are shuffled with a seeded generator and the first ``round(share * users)``
+    (at least one when there are two users or more) go to validation.
+    """
+    users = sorted({str(r["user_id"]) for r in rows})
+    random.Random(f"prlm-rm-split|{seed}").shuffle(users)
+    n_val = 0
+    if val_fraction > 0 and len(users) >= 2:
+        n_val = min(len(users) - 1, max(1, round(val_fraction * len(users))))
+    val_users = set(users[:n_val])
+    train = [r for r in rows if str(r["user_id"]) not in val_users]
+    val = [r for r in rows if str(r["user_id"]) in val_users]
+    return train, val
+
+
+# --- encoding ----------------------------------------------------------------
+
+def first_segment(tokenizer, text: str, context: Sequence[str] | None, context_entries: int) -> str:
+    """The input side: the input, then up to `context_entries` profile entries (cut first when too long)."""
+    entries = list(context or [])[:context_entries]
+    if not entries:
+        return text
+    joiner = f" {tokenizer.sep_token} " if getattr(tokenizer, "sep_token", None) else "\n"
+    return joiner.join([text, *entries])
+
+
+def encode_pairs(tokenizer, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None,
+                 context_entries: int, max_length: int) -> list[list[int]]:
+    """Token ids of each (input side, answer) pair; the longer side is cut first."""
+    if contexts is None:
+        contexts = [None] * len(inputs)
+    firsts = [first_segment(tokenizer, t, c, context_entries) for t, c in zip(inputs, contexts)]
+    enc = tokenizer(firsts, list(answers), truncation="longest_first", max_length=max_length)
+    return enc["input_ids"]
+
+
+# --- the scorer --------------------------------------------------------------
+
+def _resolve_device(device: str) -> str:
+    from prlm.generation import resolve_device
+
+    return resolve_device(device)
+
+
+class RewardModel:
+    """A loaded checkpoint: ``score(inputs, answers, contexts)`` gives the raw scores s(x, y)."""
+
+    def __init__(self, model, tokenizer, config: dict, device: str = "cpu"):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.device = device
+        self.tokenizer.padding_side = "right"  # as in training (absolute positions start at 0)
+        self.model.to(device)
+        self.model.eval()
+
+    @property
+    def context_entries(self) -> int:
+        return int(self.config.get("context_entries", 0))
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config["max_length"])
+
+    def encode(self, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None = None) -> list[list[int]]:
+        if len(inputs) != len(answers) or (contexts is not None and len(contexts) != len(inputs)):
+            raise PrlmError(f"score needs as many inputs as answers (and contexts): got {len(inputs)} inputs, "
+                            f"{len(answers)} answers" + (f", {len(contexts)} contexts" if contexts is not None else ""))
+        if self.context_entries and contexts is None:
+            raise PrlmError(f"this reward model was trained with {self.context_entries} profile entries in its "
+                            "context: pass the retrieved entries (a 'context' list per input)")
+        return encode_pairs(self.tokenizer, inputs, answers, contexts, self.context_entries, self.max_length)
+
+    def score(self, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None = None,
+              batch_size: int = 32) -> np.ndarray:
+        """Raw scores, batched (longest first, little padding) under ``torch.inference_mode()``."""
+        import torch
+
+        ids = self.encode(inputs, answers, contexts)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        scores = np.zeros(len(ids), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+                logits = self.model(**enc).logits.reshape(-1).float().cpu().numpy()
+                scores[batch] = logits
+        return scores
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", backbone: str | None = None) -> "RewardModel":
+        return load_reward_model(path, device=device, backbone=backbone)
+
+
+def read_rm_config(path: str | Path) -> dict:
+    path = Path(path)
+    cfg_file = path / RM_CONFIG_NAME
+    if not path.is_dir() or not cfg_file.is_file():
+        raise PrlmError(f"'{path}' is not a reward model checkpoint (no {RM_CONFIG_NAME}); "
+                        "train one with `prlm rm train --out FOLDER`")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise PrlmError(f"{cfg_file}: not valid JSON ({err.msg})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != RM_FORMAT:
+        raise PrlmError(f"{cfg_file}: not a prlm reward model config (expected format '{RM_FORMAT}')")
+    for key in ("backbone", "max_length", "context_entries", "model_type"):
+        if key not in cfg:
+            raise PrlmError(f"{cfg_file}: missing field '{key}'")
+    return cfg
+
+
+def load_reward_model(path: str | Path, device: str = "cpu", backbone: str | None = None) -> RewardModel:
+    """Load a checkpoint written by :func:`train_reward_model` (or :func:`save_reward_model`).
+
+    `backbone`, when given, must be the one the checkpoint was trained from.
+    Any mismatch between the saved config and the weights is a one-line error.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    cfg = read_rm_config(path)
+    if backbone is not None and backbone != cfg["backbone"]:
+        raise PrlmError(f"checkpoint '{path}' was trained from backbone '{cfg['backbone']}', not '{backbone}'; "
+                        f"pass --backbone {cfg['backbone']} or train a model on '{backbone}'")
+    where = f"reward model checkpoint '{path}'"
+    try:
+        model_config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise PrlmError(f"{where}: cannot read config.json ({_one_line(err)})") from None
+    if model_config.model_type != cfg["model_type"]:
+        raise PrlmError(f"{where}: config.json is a '{model_config.model_type}' model but {RM_CONFIG_NAME} names "
+                        f"'{cfg['model_type']}' (backbone '{cfg['backbone']}'): the folder mixes two checkpoints")
+    if getattr(model_config, "num_labels", None) != 1:
+        raise PrlmError(f"{where}: the head has {model_config.num_labels} outputs, a reward model has 1")
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise PrlmError(f"{where}: the weights do not fit its config (another backbone's weights?): "
+                        f"{_one_line(err)[:300]}") from None
+    bad = list(info.get("missing_keys") or []) + [str(k[0]) if isinstance(k, tuple) else str(k)
+                                                  for k in info.get("mismatched_keys") or []]
+    if bad:
+        raise PrlmError(f"{where}: {len(bad)} weight(s) missing or of the wrong shape (e.g. '{bad[0]}'): the weights "
+                        f"were not saved from this '{cfg['backbone']}' reward model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise PrlmError(f"{where}: cannot load its tokenizer ({_one_line(err)})") from None
+    if len(tokenizer) > model.config.vocab_size:
+        raise PrlmError(f"{where}: its tokenizer has {len(tokenizer)} tokens but the model only "
+                        f"{model.config.vocab_size}: the tokenizer belongs to another backbone")
+    return RewardModel(model, tokenizer, cfg, device=_resolve_device(device))
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def save_reward_model(out: str | Path, model, tokenizer, rm_config: dict, overwrite: bool = False) -> None:
+    """Write model, tokenizer and prlm_rm_config.json into a temporary folder, then move it into place."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PrlmError(f"'{out}' already exists; pass --overwrite true or another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / RM_CONFIG_NAME, {"format": RM_FORMAT, "version": 1,
+                                                 "model_type": model.config.model_type, **rm_config})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- evaluation --------------------------------------------------------------
+
+def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the chosen and the rejected side of each pair (one batched pass)."""
+    inputs = [r["input"] for r in rows]
+    contexts = [r.get("context") or [] for r in rows] if rm.context_entries else None
+    if rm.context_entries and not any(contexts):
+        raise PrlmError(f"this reward model uses {rm.context_entries} profile entries but the pairs carry no "
+                        "'context'; make them with `prlm rm pairs`")
+    answers = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    scores = rm.score(inputs + inputs, answers, (contexts + contexts) if contexts is not None else None, batch_size)
+    return scores[:len(rows)], scores[len(rows):]
+
+
+def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], samples: int = 1000,
+                     seed: int = 0) -> dict:
+    """Pairwise accuracy (share of pairs with s(y+) > s(y-)) and mean margin, with bootstrap 95% intervals."""
+    from prlm.evaluation import paired_bootstrap
+
+    chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
+    correct = (chosen > rejected).astype(float)
+    # accuracy = mean(correct) - 0 and margin = mean(chosen) - mean(rejected), both resampled by pair.
+    acc = paired_bootstrap(np.zeros_like(correct), correct, metric="pairwise accuracy", samples=samples, seed=seed)
+    margin = paired_bootstrap(rejected, chosen, metric="mean margin", samples=samples, seed=seed)
+    return {"n": int(correct.size), "accuracy": acc.diff, "accuracy_ci": [acc.low, acc.high],
+            "margin": margin.diff, "margin_ci": [margin.low, margin.high], "samples": samples, "seed": seed}
+
+
+def evaluate_pairs(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32, samples: int = 1000,
+                   seed: int = 0) -> dict:
+    """Pairwise accuracy and mean margin of a reward model on pairs, overall and per kind."""
+    chosen, rejected = pair_scores(rm, rows, batch_size)
+    result = pairwise_metrics(chosen, rejected, samples, seed)
+    kinds = sorted({r.get("kind", "") for r in rows})
+    if len(kinds) > 1:
+        result["by_kind"] = {}
+        for kind in kinds:
+            idx = [i for i, r in enumerate(rows) if r.get("kind", "") == kind]
+            result["by_kind"][kind] = pairwise_metrics(chosen[idx], rejected[idx], samples, seed)
+    result["scores"] = {"chosen": chosen.tolist(), "rejected": rejected.tolist()}
+    return result
+
+
+# --- training ----------------------------------------------------------------
+
+def run_rm_eval(cfg: RMEvalConfig) -> dict:
+    """`prlm rm eval`: metrics of a checkpoint on a pairs file (written to `cfg.out` when set)."""
+    from prlm.reward.pairs import read_pairs
+
+    started = time.time()
+    rows = read_pairs(cfg.pairs)
+    if cfg.kinds:
+        wanted = {k.strip() for k in cfg.kinds.split(",") if k.strip()}
+        rows = [r for r in rows if r.get("kind") in wanted]
+        if not rows:
+            raise PrlmError(f"{cfg.pairs}: no pairs of kind(s) {', '.join(sorted(wanted))}")
+    rm = load_reward_model(cfg.model, device=cfg.device, backbone=cfg.backbone or None)
+    result = evaluate_pairs(rm, rows, cfg.batch_size, cfg.samples, cfg.seed)
+    result.update(model=str(cfg.model), pairs=str(cfg.pairs), wall_time_s=round(time.time() - started, 1))
+    if cfg.out:
+        scores = result.pop("scores")
+        atomic_write_json(cfg.out, {**result, "per_pair": [
+            {"pair_id": r.get("pair_id"), "id": r["id"], "user_id": r["user_id"], "kind": r.get("kind"),
+             "chosen_score": c, "rejected_score": j} for r, c, j in zip(rows, scores["chosen"], scores["rejected"])]})
+        result["scores"] = scores
+    return result
+
+
+def _pair_trainer_class():
+    """TRL's RewardTrainer, with validation accuracy and margin computed over all pairs.
+
+    (RewardTrainer averages per-batch means, which over-weights a short last
+    batch; the loss, the optimization and the checkpointing are TRL's.)
+    """
+    from trl import RewardTrainer
+
+    class PairRewardTrainer(RewardTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            if not self.model.training:
+                chosen, rejected = outputs.logits.detach().float().squeeze(-1).chunk(2)
+                self._val_diffs.append((chosen - rejected).cpu())
+            return (loss, outputs) if return_outputs else loss
+
+        def evaluate(self, *args, **kwargs):
+            self._val_diffs = []
+            return super().evaluate(*args, **kwargs)
+
+        def log(self, logs, start_time=None):
+            if not self.model.training and getattr(self, "_val_diffs", None):
+                import torch
+
+                diffs = torch.cat(self._val_diffs)
+                self._metrics["eval"]["accuracy"] = [(diffs > 0).float().mean().item()]
+                self._metrics["eval"]["margin"] = [diffs.mean().item()]
+                self._val_diffs = []
+            super().log(logs, start_time)
+
+    return PairRewardTrainer
+
+
+def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train on the pairs file, validate on held-out users each epoch, save the best epoch; returns its config."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from trl import RewardConfig
+
+    from prlm.evaluation import environment
+    from prlm.models import _call_loader, resolve_encoder_path
+    from prlm.reward.pairs import read_pairs
+
+    started = time.time()
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise PrlmError(f"'{out}' already exists; pass --overwrite true or another --out")
+    rows = read_pairs(cfg.pairs)
+    if cfg.kinds:
+        wanted = {k.strip() for k in cfg.kinds.split(",") if k.strip()}
+        rows = [r for r in rows if r.get("kind") in wanted]
+        if not rows:
+            raise PrlmError(f"{cfg.pairs}: no pairs of kind(s) {', '.join(sorted(wanted))}")
+    if cfg.context_entries and not all(r.get("context") for r in rows):
+        missing = next(i for i, r in enumerate(rows) if not r.get("context"))
+        raise PrlmError(f"{cfg.pairs}: pair {missing + 1} ('{rows[missing].get('pair_id', rows[missing]['id'])}') "
+                        "has no 'context' entries, needed for context_entries > 0")
+    train_rows, val_rows = split_by_user(rows, cfg.val_fraction, cfg.seed)
+
+    path = resolve_encoder_path(cfg.backbone)
+    set_seed(cfg.seed)  # the head is initialized at random when the model is built
+    tokenizer = _call_loader(cfg.backbone, path, lambda: AutoTokenizer.from_pretrained(path))
+    model = _call_loader(cfg.backbone, path,
+                         lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+
+    def to_dataset(part: Sequence[dict]):
+        inputs = [r["input"] for r in part]
+        contexts = [r.get("context") for r in part]
+        args = (contexts, cfg.context_entries, cfg.max_length)
+        return Dataset.from_dict({
+            "chosen_ids": encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args),
+            "rejected_ids": encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args),
+        })
+
+    use_cpu = _resolve_device(cfg.device) == "cpu"
+    has_val = bool(val_rows)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.trainer-", dir=_mkdir(out.parent)))
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))
+    args = RewardConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch" if has_val else "no",
+        load_best_model_at_end=has_val,
+        metric_for_best_model="accuracy" if has_val else None,
+        greater_is_better=True,
+        save_only_model=True,
+        save_total_limit=1,
+        logging_steps=max(1, steps_per_epoch // 2),
+        report_to=[],
+        use_cpu=use_cpu,
+        bf16=cfg.bf16,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=None,  # pairs are truncated when encoded, never dropped
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    try:
+        trainer = _pair_trainer_class()(model=model, args=args, train_dataset=to_dataset(train_rows),
+                                        eval_dataset=to_dataset(val_rows) if has_val else None,
+                                        processing_class=tokenizer)
+        trainer.train()
+        history = _epoch_history(trainer.state.log_history)
+        best_checkpoint = trainer.state.best_model_checkpoint
+        model = trainer.model
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rm_config = {
+        "backbone": cfg.backbone,
+        "backbone_path": path,
+        "max_length": cfg.max_length,
+        "context_entries": cfg.context_entries,
+        "train_config": asdict(cfg),
+        "pairs_file": str(cfg.pairs),
+        "pairs": {"total": len(rows), "train": len(train_rows), "validation": len(val_rows)},
+        "users": {"train": len({r["user_id"] for r in train_rows}),
+                  "validation": sorted({str(r["user_id"]) for r in val_rows})},
+        "epochs": history,
+        "best_epoch": _best_epoch(history, best_checkpoint, steps_per_epoch),
+    }
+    rm = RewardModel(model, tokenizer, {**rm_config, "model_type": model.config.model_type},
+                     device="cpu" if use_cpu else _resolve_device(cfg.device))
+    if has_val:
+        rm_config["validation"] = {k: v for k, v in evaluate_pairs(rm, val_rows, cfg.eval_batch_size).items()
+                                   if k != "scores"}
+    rm_config["wall_time_s"] = round(time.time() - started, 1)
+    rm_config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rm_config["environment"] = environment()
+    rm_config["torch_threads"] = torch.get_num_threads()
+    save_reward_model(out, rm.model, tokenizer, rm_config, overwrite=cfg.overwrite)
+    return rm_config
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _epoch_history(log_history: list[dict]) -> list[dict]:
+    """Per epoch: validation accuracy, margin and loss; the training loss logged last before it."""
+    history, train_loss = [], None
+    for entry in log_history:
+        if "loss" in entry:
+            train_loss = entry["loss"]
+        if "eval_accuracy" in entry:
+            history.append({"epoch": round(float(entry.get("epoch", 0)), 3), "step": entry.get("step"),
+                            "val_accuracy": entry["eval_accuracy"], "val_margin": entry.get("eval_margin"),
+                            "val_loss": entry.get("eval_loss"), "train_loss": train_loss})
+    return history
+
+
+def _best_epoch(history: list[dict], best_checkpoint: str | None, steps_per_epoch: int):
+    if not history:
+        return None
+    if best_checkpoint:
+        step = int(str(best_checkpoint).rstrip("/").rsplit("-", 1)[-1])
+        for entry in history:
+            if entry["step"] == step:
+                return entry["epoch"]
+    return max(history, key=lambda e: e["val_accuracy"])["epoch"]

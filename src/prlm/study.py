@@ -1,0 +1,245 @@
+"""`prlm run CONFIG`: the whole study on one dataset, stage by stage.
+
+Stages: data -> retrieval -> rm-pairs -> rm-train -> train -> eval-no-profile,
+eval-rag, eval-prlm -> report. Each stage records a fingerprint of its config
+(and of the stages it depends on) in `out/stages/NAME.json` when it finishes;
+a rerun skips every stage whose fingerprint is unchanged, so a crashed study
+resumes where it stopped, and a changed option reruns what depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from prlm import PrlmError
+from prlm.config import _choices_check, load_yaml, opt
+from prlm.io import atomic_write_json
+
+
+@dataclass
+class StudyConfig:
+    out: str = opt("", "Folder of the study: data/, retrieval/, rm/, train/, eval/, report.md.")
+    task: str = opt("synthetic", "Task name from the task table.")
+    data: str = opt("", "Dataset folder in LaMP's layout; empty with `synthetic` set = out/data.")
+    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the data.")
+    model: str = opt("smollm2-135m", "Policy model for every method.")
+    retriever: str = opt("bm25", "Profile retriever for every method.")
+    k: int = opt(4, "Profile entries retrieved per question.")
+    max_prompt_tokens: int = opt(768, "Token limit of every prompt.")
+    eval_split: str = opt("dev", "Split the three methods are evaluated on.")
+    eval_limit: int = opt(0, "Evaluate the first N questions only (0 = all).")
+    eval_max_new_tokens: int = opt(32, "Answer length of no-profile and rag.")
+    prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
+    batch_size: int = opt(8, "Generation batch size in evaluation and pair building.")
+    seed: int = opt(0, "Seed of every stage.")
+    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}; omit or set train.w_pers 0 to skip it.")
+    train: dict = opt(None, "GRPO training options (see `prlm train --help`).")
+
+    def __post_init__(self):
+        from prlm.data.lamp import SPLITS
+        from prlm.data.tasks import get_task
+
+        if not self.out:
+            raise PrlmError("out is required in the study config (the study folder)")
+        get_task(self.task)
+        _choices_check("eval_split", self.eval_split, SPLITS)
+        self.synthetic = self.synthetic if self.synthetic is not None else None
+        self.rm = dict(self.rm or {})
+        self.train = dict(self.train or {})
+        if not self.data:
+            if self.synthetic is None:
+                raise PrlmError("set `data` (a dataset folder) or `synthetic` (options of the synthetic task)")
+            self.data = str(Path(self.out) / "data")
+
+    @property
+    def uses_reward_model(self) -> bool:
+        return float(self.train.get("w_pers", 0.1)) > 0
+
+
+def load_study_config(path: str, overrides: list[str] = ()) -> StudyConfig:
+    """YAML plus `key=value` overrides; dotted keys reach sections (train.max_steps=5)."""
+    values = load_yaml(path)
+    for item in overrides:
+        if "=" not in item:
+            raise PrlmError(f"override '{item}' must look like key=value (e.g. train.max_steps=5)")
+        key, raw = item.split("=", 1)
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise PrlmError(f"override '{item}': '{parent}' is not a section")
+        target[leaf] = yaml.safe_load(raw)
+    names = {f.name for f in dataclasses.fields(StudyConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return StudyConfig(**values)
+
+
+def fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    name: str
+    config: dict
+    run: Callable[[], None]
+    deps: list[str] = field(default_factory=list)
+
+
+def run_stages(out: Path, stages: list[Stage], log=print) -> dict[str, str]:
+    """Run stages in order, skipping those whose fingerprint is recorded; returns what each did."""
+    prints, status = {}, {}
+    for stage in stages:
+        prints[stage.name] = fingerprint({"config": stage.config, "deps": [prints[d] for d in stage.deps]})
+        marker = out / "stages" / f"{stage.name}.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == prints[stage.name]:
+            log(f"[{stage.name}] done earlier with the same config: skipped")
+            status[stage.name] = "skipped"
+            continue
+        log(f"[{stage.name}] running")
+        started = time.time()
+        stage.run()
+        atomic_write_json(marker, {"fingerprint": prints[stage.name], "config": stage.config,
+                                   "wall_time_s": round(time.time() - started, 1)})
+        status[stage.name] = "ran"
+    return status
+
+
+def build_stages(cfg: StudyConfig) -> list[Stage]:
+    from prlm.config import EvalConfig
+    from prlm.training.config import TrainConfig
+
+    out = Path(cfg.out)
+    shared = dict(task=cfg.task, data=cfg.data, retriever=cfg.retriever, k=cfg.k, seed=cfg.seed)
+    stages: list[Stage] = []
+
+    if cfg.synthetic is not None:
+        def make_data():
+            from prlm.data.synthetic import write_synthetic
+
+            write_synthetic(cfg.data, **cfg.synthetic)
+        stages.append(Stage("data", {"synthetic": cfg.synthetic, "data": cfg.data}, make_data))
+    else:
+        stages.append(Stage("data", {"data": cfg.data, "task": cfg.task}, lambda: _check_data(cfg)))
+
+    stages.append(Stage("retrieval", shared, lambda: _record_retrieval(cfg, out / "retrieval"), deps=["data"]))
+
+    train_cfg = dict(cfg.train)
+    train_deps = ["data"]
+    if cfg.uses_reward_model:
+        pairs_file = out / "rm" / "pairs.jsonl"
+        rm_dir = out / "rm" / "model"
+        pairs_opts = {**dict(shared, model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
+                             batch_size=cfg.batch_size, max_new_tokens=cfg.eval_max_new_tokens, split="train",
+                             out=str(pairs_file)), **cfg.rm.get("pairs", {})}
+        rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
+                   **cfg.rm.get("train", {})}
+
+        def make_pairs():
+            from prlm.reward.pairs import PairsConfig, build_pairs
+
+            build_pairs(PairsConfig(**pairs_opts))
+
+        def train_rm():
+            from prlm.reward.model import TrainConfig as RMTrainConfig
+            from prlm.reward.model import train_reward_model
+
+            train_reward_model(RMTrainConfig(**rm_opts))
+        stages.append(Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]))
+        stages.append(Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"]))
+        train_cfg.setdefault("reward_model", str(rm_dir))
+        train_deps.append("rm-train")
+    else:
+        train_cfg["w_pers"] = 0.0
+
+    train_opts = {**dict(shared, model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
+                         out=str(out / "train")), **train_cfg}
+    TrainConfig(**train_opts)  # validate before any stage runs
+
+    def train_policy():
+        from prlm.training.grpo import last_checkpoint, train_grpo
+
+        resume = last_checkpoint(train_opts["out"]) is not None  # a crashed run continues
+        train_grpo(TrainConfig(**{**train_opts, "resume": resume}))
+    stages.append(Stage("train", train_opts, train_policy, deps=train_deps))
+
+    trained = str(out / "train" / "final")
+    eval_common = dict(task=cfg.task, data=cfg.data, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed,
+                       max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
+    methods = {
+        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
+        "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
+                    max_new_tokens=cfg.eval_max_new_tokens),
+        "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
+                     max_new_tokens=cfg.prlm_max_new_tokens),
+    }
+    for name, method_opts in methods.items():
+        opts = {**eval_common, **method_opts, "out": str(out / "eval" / name)}
+        EvalConfig(**opts)
+
+        def evaluate(opts=opts):
+            from prlm.pipeline import run_eval
+
+            run_eval(EvalConfig(**opts))
+        stages.append(Stage(f"eval-{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"]))
+
+    def report():
+        from prlm.report import write_report
+
+        print(write_report(out, {n: out / "eval" / n for n in methods},
+                           [("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm")],
+                           train_log=out / "train" / "train_log.jsonl"))
+    stages.append(Stage("report", {"version": 1}, report, deps=[f"eval-{n}" for n in methods]))
+    return stages
+
+
+def _check_data(cfg: StudyConfig) -> None:
+    from prlm.data import load_split
+
+    for split in ("train", cfg.eval_split):
+        load_split(cfg.data, split, cfg.task, require_golds=True)
+
+
+def _record_retrieval(cfg: StudyConfig, folder: Path) -> None:
+    """What each question retrieves, per split, for inspection (retrieved ids and scores)."""
+    from prlm.data import SPLITS, load_split
+    from prlm.data.lamp import split_files
+    from prlm.io import atomic_write_jsonl
+    from prlm.retrieval import DenseRetriever, make_retriever
+
+    from prlm.data import get_task
+
+    task = get_task(cfg.task)
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed)
+    for split in SPLITS:
+        try:
+            split_files(cfg.data, split)
+        except PrlmError:
+            continue  # a dataset may lack a split (e.g. LaMP's hidden test golds)
+        dataset = load_split(cfg.data, split, task)
+        if isinstance(retriever, DenseRetriever):
+            retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
+        rows = []
+        for ex in dataset.examples:
+            entries, scores = retriever(ex.input, ex.profile, cfg.k)
+            rows.append({"id": ex.id, "user_id": ex.user_id,
+                         "retrieved": [{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries, scores)]})
+        atomic_write_jsonl(folder / f"{split}.jsonl", rows)
+
+
+def run_study(cfg: StudyConfig) -> dict[str, str]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return run_stages(out, build_stages(cfg))

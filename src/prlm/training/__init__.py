@@ -1,0 +1,1 @@
+"""Training the policy: a short supervised warm-up of the format, then GRPO through TRL."""

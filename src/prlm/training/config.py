@@ -1,0 +1,95 @@
+"""The training config: one dataclass, YAML recipes in configs/, CLI overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prlm import PrlmError
+from prlm.config import _choices_check, opt
+
+
+@dataclass
+class TrainConfig:
+    # data and prompts
+    task: str = opt("commit-subject", "Task name from the task table.")
+    data: str = opt("", "Dataset folder in LaMP's layout; training reads its train split.")
+    split: str = opt("train", "Split to train on.")
+    limit: int = opt(0, "Train on the first N questions only (0 = all; the paper used 500).")
+    retriever: str = opt("bm25", "Profile retriever: none, random, recency, bm25, bm25s, dense.")
+    k: int = opt(4, "Profile entries retrieved per question.")
+    encoder: str = opt("minilm", "Encoder for dense retrieval.")
+    max_prompt_tokens: int = opt(768, "Token limit of a prompt (entries share what the input leaves).")
+    # model
+    model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
+    lora: bool = opt(False, "Train LoRA adapters on all linear layers instead of the full model.")
+    lora_r: int = opt(16, "LoRA rank.")
+    lora_alpha: int = opt(32, "LoRA alpha.")
+    # supervised warm-up of the output format
+    sft_steps: int = opt(0, "Supervised warm-up steps on the format (<think>..</think><answer>gold</answer>) before GRPO; 0 = none.")
+    sft_learning_rate: float = opt(5e-5, "Learning rate of the warm-up.")
+    sft_batch_size: int = opt(4, "Examples per warm-up step.")
+    # GRPO
+    max_steps: int = opt(20, "GRPO optimisation steps.")
+    prompts_per_step: int = opt(2, "Distinct prompts per step; each is sampled num_generations times.")
+    num_generations: int = opt(4, "Completions sampled per prompt (the GRPO group, G).")
+    max_completion_length: int = opt(96, "Tokens generated at most per completion (reasoning + answer).")
+    temperature: float = opt(0.9, "Sampling temperature of the rollouts.")
+    top_p: float = opt(1.0, "Nucleus sampling mass of the rollouts.")
+    learning_rate: float = opt(1e-5, "GRPO learning rate.")
+    lr_scheduler_type: str = opt("constant", "Learning-rate schedule (any transformers name, e.g. constant, cosine).")
+    warmup_ratio: float = opt(0.0, "Share of steps with a linear learning-rate warm-up.")
+    beta: float = opt(0.0, "KL coefficient to the reference model (0 = no reference model, as recent GRPO recipes).")
+    epsilon: float = opt(0.2, "Clipping range of the policy ratio.")
+    loss_type: str = opt("dapo", "TRL's GRPO loss aggregation: grpo, dapo, dr_grpo, bnpo.")
+    # rewards
+    w_acc: float = opt(1.0, "Weight of the accuracy reward (ROUGE of the answer against the user's real output).")
+    w_fmt: float = opt(0.1, "Weight of the format reward (<think>..</think><answer>..</answer>).")
+    w_pers: float = opt(0.1, "Weight of the personalization reward model (needs reward_model).")
+    accuracy_metrics: str = opt("rouge1,rouge2,rougeL", "Comma-separated ROUGE metrics summed by the accuracy reward.")
+    normalize_rewards: bool = opt(False, "Scale each reward term to 0..1 before weighting (ROUGE sum / number of metrics).")
+    reward_model: str = opt("", "Checkpoint folder of the personalization reward model (prlm rm train); empty = no personalization term.")
+    reward_device: str = opt("cpu", "Device of the reward model.")
+    # run
+    out: str = opt("", "Output folder: checkpoints/, final/, train_log.jsonl, train_log.csv, tensorboard/.")
+    save_steps: int = opt(10, "Save a checkpoint every N steps (resume restarts from the last one).")
+    save_total_limit: int = opt(2, "Checkpoints kept.")
+    resume: bool = opt(False, "Continue from the last checkpoint in out/checkpoints.")
+    seed: int = opt(0, "Seed of sampling, shuffling and initialisation.")
+    use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
+    bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
+    use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU).")
+    vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
+    gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
+    report_to: str = opt("tensorboard", "Comma-separated trackers for transformers (tensorboard, wandb, none).")
+
+    def __post_init__(self):
+        from prlm.data.tasks import get_task
+        from prlm.evaluation import ROUGE_KEYS
+        from prlm.retrieval import METHODS
+
+        get_task(self.task)
+        _choices_check("retriever", self.retriever, METHODS)
+        _choices_check("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
+        _choices_check("vllm_mode", self.vllm_mode, ("colocate", "server"))
+        if not self.data:
+            raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
+        if not self.out:
+            raise PrlmError("out is required: pass --out runs/NAME")
+        if self.num_generations < 2:
+            raise PrlmError(f"num_generations must be at least 2 (GRPO compares completions within a group), got {self.num_generations}")
+        for name in ("max_steps", "prompts_per_step", "max_completion_length", "save_steps", "k"):
+            if getattr(self, name) < (0 if name in ("k", "max_steps") else 1):
+                raise PrlmError(f"{name} is out of range: {getattr(self, name)}")
+        metrics = self.metric_list
+        if not metrics or any(m not in ROUGE_KEYS for m in metrics):
+            raise PrlmError(f"accuracy_metrics must be a comma-separated subset of {', '.join(ROUGE_KEYS)}, got '{self.accuracy_metrics}'")
+        if self.w_pers and not self.reward_model:
+            raise PrlmError("w_pers > 0 needs a reward model: pass --reward-model CKPT (from `prlm rm train`) or --w-pers 0")
+        if min(self.w_acc, self.w_fmt, self.w_pers) < 0:
+            raise PrlmError("reward weights must be >= 0")
+        if self.temperature <= 0:
+            raise PrlmError("temperature must be > 0: GRPO needs diverse samples within a group")
+
+    @property
+    def metric_list(self) -> list[str]:
+        return [m.strip() for m in self.accuracy_metrics.split(",") if m.strip()]

@@ -1,0 +1,248 @@
+"""PrLM training: an optional supervised warm-up of the format, then GRPO.
+
+TRL's `GRPOTrainer` is the engine; prlm plugs in through its extension
+points only: reward functions with TRL's signature, `reward_weights`, a
+callback that records every step, and TRL's own checkpointing for resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+from prlm import PrlmError
+from prlm.data import get_task, load_split
+from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from prlm.prompts import build_prompt
+from prlm.retrieval import DenseRetriever, make_retriever
+from prlm.training.config import TrainConfig
+
+LOG_NAME = "train_log.jsonl"
+
+
+def warmup_completion(task, entries, query: str, gold: str) -> str:
+    """A short reasoning trace for the supervised warm-up, built from the data
+    alone: the user's most relevant past outputs and what the new text is about."""
+    past = "; ".join(f'"{e[task.output_field]}"' for e in entries[:2])
+    about = " ".join(task.query(query).split()[:12])
+    style = f"The user's past {task.output_name}s: {past}." if past else f"No past {task.output_name}s are given."
+    return f" {style} The new text is about: {about}. I write it the way this user writes.</think>\n<answer>{gold}</answer>"
+
+
+def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
+    """One row per training question: the reasoning prompt plus the columns the rewards read."""
+    task = get_task(cfg.task)
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True)
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    if isinstance(retriever, DenseRetriever):
+        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
+    rows = []
+    for ex in dataset.examples:
+        entries, _ = retriever(ex.input, ex.profile, cfg.k)
+        prompt = build_prompt(task, ex.input, entries, "prlm", tokenizer, cfg.max_prompt_tokens)
+        used = entries[:prompt.entries_used]
+        rows.append({
+            "id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
+            "retrieved_ids": [e["id"] for e in used],
+            "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
+        })
+    return rows
+
+
+def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
+    from prlm.reward.accuracy import AccuracyReward
+    from prlm.reward.format import FormatReward
+
+    funcs = [AccuracyReward(cfg.metric_list, normalize=cfg.normalize_rewards), FormatReward()]
+    weights = [cfg.w_acc, cfg.w_fmt]
+    if cfg.w_pers:
+        from prlm.reward.personalization import PersonalizationReward
+
+        funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device))
+        weights.append(cfg.w_pers)
+    return funcs, weights
+
+
+def grpo_args(cfg: TrainConfig):
+    from trl import GRPOConfig
+
+    return GRPOConfig(**grpo_kwargs(cfg))
+
+
+def grpo_kwargs(cfg: TrainConfig) -> dict:
+    """TRL GRPOConfig arguments for a prlm TrainConfig."""
+    return dict(
+        output_dir=str(Path(cfg.out) / "checkpoints"),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        reward_weights=None,  # set by train_grpo from reward_functions()
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=cfg.use_cpu,
+        bf16=cfg.bf16,
+        use_vllm=cfg.use_vllm,
+        vllm_mode=cfg.vllm_mode,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        report_to=[r for r in cfg.report_to.split(",") if r and r != "none"],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+class StepLog:
+    """Every logged step as one JSON row (and the same table as CSV); rewritten
+    atomically so a killed run never leaves a torn file."""
+
+    def __init__(self, out: Path):
+        self.jsonl, self.csv = out / LOG_NAME, out / "train_log.csv"
+        self.rows = read_jsonl(self.jsonl) if self.jsonl.is_file() else []
+
+    def truncate(self, step: int) -> None:
+        """Forget steps after `step` (they are redone after a resume)."""
+        self.rows = [r for r in self.rows if r.get("step", 0) <= step]
+        self._write()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_jsonl(self.jsonl, self.rows)
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv, buffer.getvalue())
+
+
+def make_step_callback(log: StepLog):
+    from transformers import TrainerCallback
+
+    class StepLogger(TrainerCallback):
+        """Adds the step's wall time to TRL's logs and records them."""
+
+        def __init__(self):
+            self.started = time.time()
+            self.step_time = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_time = time.time() - self.started
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+                return
+            logs["step_time_s"] = round(self.step_time or 0.0, 3)
+            log.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+
+    return StepLogger()
+
+
+def last_checkpoint(out: str | Path) -> Path | None:
+    folder = Path(out) / "checkpoints"
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
+    """Teach the output format on gold answers before GRPO (as R1-style recipes do)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["warmup_completion"] + tokenizer.eos_token}
+                              for r in rows])
+    args = SFTConfig(
+        output_dir=str(Path(cfg.out) / "sft"), max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch_size,
+        learning_rate=cfg.sft_learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
+        report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16, seed=cfg.seed, completion_only_loss=True,
+        max_length=cfg.max_prompt_tokens + cfg.max_completion_length, dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    return trainer.model
+
+
+def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
+    """Warm-up (once) then GRPO; returns the folder of the final policy (`out/final`).
+
+    `extra_rewards`: (reward_function, weight) pairs added to PrLM's terms, for
+    custom objectives; each function has TRL's reward signature.
+    """
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from prlm.models import load_policy
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resume_from = last_checkpoint(out) if cfg.resume else None
+    if not cfg.resume and last_checkpoint(out) is not None:
+        raise PrlmError(f"'{out}' already holds checkpoints: pass --resume to continue, or choose another --out")
+    atomic_write_json(out / "train_config.json", cfg.__dict__)
+
+    model, tokenizer = load_policy(cfg.model, device="cpu" if cfg.use_cpu else "auto")
+    rows = training_rows(cfg, tokenizer)
+    if not rows:
+        raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
+    atomic_write_jsonl(out / "train_prompts.jsonl", rows)
+
+    warm = out / "sft-model"
+    if cfg.sft_steps and not (warm / "config.json").is_file():
+        model = supervised_warmup(cfg, rows, model, tokenizer)
+        model.save_pretrained(warm)
+        tokenizer.save_pretrained(warm)
+    elif cfg.sft_steps:
+        model, tokenizer = load_policy(str(warm), device="cpu" if cfg.use_cpu else "auto")
+
+    funcs, weights = reward_functions(cfg)
+    funcs += [f for f, _ in extra_rewards]
+    weights += [w for _, w in extra_rewards]
+    # transformers reads the TensorBoard folder from the environment only.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
+    args = grpo_args(cfg)
+    args.reward_weights = weights
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    log = StepLog(out)
+    log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args,
+                          train_dataset=Dataset.from_list([{k: v for k, v in r.items() if k != "warmup_completion"}
+                                                           for r in rows]),
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[make_step_callback(log)])
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    final = out / "final"
+    policy = trainer.model
+    if cfg.lora:
+        policy = policy.merge_and_unload()
+    policy.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    atomic_write_json(out / "train_summary.json", {"steps": trainer.state.global_step, "final": str(final),
+                                                   "config": cfg.__dict__})
+    return final

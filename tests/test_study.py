@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from prlm import PrlmError
+from prlm.study import Stage, build_stages, load_study_config, run_stages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _stages(calls, opts):
+    def record(name):
+        return lambda: calls.append(name)
+    return [Stage("data", {"n": opts["n"]}, record("data")),
+            Stage("train", {"lr": opts["lr"]}, record("train"), deps=["data"]),
+            Stage("eval-rag", {"k": opts["k"]}, record("eval-rag"), deps=["data"]),
+            Stage("eval-prlm", {"k": opts["k"]}, record("eval-prlm"), deps=["train"])]
+
+
+def test_stages_skip_when_done_and_rerun_what_a_change_touches(tmp_path):
+    calls = []
+    opts = {"n": 1, "lr": 0.1, "k": 4}
+    assert set(run_stages(tmp_path, _stages(calls, opts), log=lambda _: None).values()) == {"ran"}
+    calls.clear()
+    assert set(run_stages(tmp_path, _stages(calls, opts), log=lambda _: None).values()) == {"skipped"}
+    assert calls == []
+    run_stages(tmp_path, _stages(calls, {**opts, "lr": 0.2}), log=lambda _: None)
+    assert calls == ["train", "eval-prlm"]  # eval-rag does not depend on training
+    calls.clear()
+    run_stages(tmp_path, _stages(calls, {**opts, "lr": 0.2, "n": 2}), log=lambda _: None)
+    assert calls == ["data", "train", "eval-rag", "eval-prlm"]
+
+
+def test_a_crashed_stage_reruns(tmp_path):
+    calls = []
+
+    def boom():
+        raise RuntimeError("crash")
+    stages = _stages(calls, {"n": 1, "lr": 0.1, "k": 4})
+    stages[1] = Stage("train", {"lr": 0.1}, boom, deps=["data"])
+    with pytest.raises(RuntimeError):
+        run_stages(tmp_path, stages, log=lambda _: None)
+    calls.clear()
+    status = run_stages(tmp_path, _stages(calls, {"n": 1, "lr": 0.1, "k": 4}), log=lambda _: None)
+    assert status["data"] == "skipped" and calls == ["train", "eval-rag", "eval-prlm"]
+
+
+def test_recipes_build_their_stages(tmp_path):
+    for name in ("cpu-demo.yaml", "cpu-commit-subject.yaml"):
+        cfg = load_study_config(str(REPO / "configs" / name), [f"out={tmp_path / name}"])
+        names = [s.name for s in build_stages(cfg)]
+        assert names == ["data", "retrieval", "rm-pairs", "rm-train", "train", "eval-no-profile", "eval-rag",
+                         "eval-prlm", "report"]
+    cfg = load_study_config(str(REPO / "configs" / "cpu-demo.yaml"),
+                            [f"out={tmp_path}", "train.w_pers=0", "train.max_steps=3"])
+    stages = {s.name: s for s in build_stages(cfg)}
+    assert "rm-train" not in stages and stages["train"].config["max_steps"] == 3
+
+
+def test_bad_overrides(tmp_path):
+    with pytest.raises(PrlmError, match="key=value"):
+        load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), ["train.max_steps"])
+    with pytest.raises(PrlmError, match="unknown option"):
+        load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), ["colour=red"])
