@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PRLM) demo --out runs/demo
+	$(PRLM) run configs/cpu-demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

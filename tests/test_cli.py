@@ -11,7 +11,8 @@ from prlm.config import EvalConfig, build_config
 
 def test_every_command_has_help(capsys):
     for argv in (["--help"], ["eval", "--help"], ["compare", "--help"], ["data", "--help"],
-                 ["data", "synth", "--help"], ["data", "check", "--help"], ["demo", "--help"]):
+                 ["data", "synth", "--help"], ["data", "check", "--help"], ["train", "--help"],
+                 ["run", "--help"], ["rescore", "--help"], ["rm", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args(argv)
         assert exit_info.value.code == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from prlm import PrlmError, __version__
 from prlm.config import EvalConfig, add_config_args, config_from_args, to_dict
@@ -79,14 +80,12 @@ def _cmd_train(args) -> None:
 def _cmd_run(args) -> None:
     from prlm.study import load_study_config, run_study
 
-    status = run_study(load_study_config(args.config, args.set))
+    cfg = load_study_config(args.config, args.set)
+    status = run_study(cfg)
     print("stages: " + ", ".join(f"{name} {what}" for name, what in status.items()))
-
-
-def _cmd_demo(args) -> None:
-    from prlm.demo import run_demo
-
-    run_demo(args.out, limit=args.limit)
+    report = Path(cfg.out) / "report.md"
+    if status.get("report") == "skipped" and report.is_file():
+        print(report.read_text(encoding="utf-8"), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,10 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an option, dotted for sections: --set train.max_steps=5 (repeatable)")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="both baselines on the synthetic task with the embedded model")
-    p.add_argument("--out", default="runs/demo", help="folder for the data and the runs (default: runs/demo)")
-    p.add_argument("--limit", type=int, default=0, help="questions to evaluate (0 = the whole dev split)")
-    p.set_defaults(func=_cmd_demo)
     from prlm.reward.cli import add_rm_commands
     add_rm_commands(sub)
     return parser

@@ -36,7 +36,7 @@ def add_rm_commands(subparsers) -> None:
     add_config_args(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="pairwise accuracy and mean margin of a checkpoint on a pairs file, with 95% intervals")
+    p = sub.add_parser("eval", help="pairwise accuracy and mean margin of a checkpoint on a pairs file, with bootstrap 95%% intervals")
     add_config_args(p, RMEvalConfig)
     p.set_defaults(func=_cmd_eval)
 

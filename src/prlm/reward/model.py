@@ -85,7 +85,7 @@ class RMEvalConfig:
     kinds: str = opt("", "Evaluate only these pair kinds, comma separated (empty = all).")
     batch_size: int = opt(64, "Pairs per scoring batch.")
     device: str = opt("cpu", "Device for the reward model: 'cpu', 'cuda', 'cuda:1' or 'auto'.")
-    samples: int = opt(1000, "Bootstrap resamples of the pairs for the 95% intervals.")
+    samples: int = opt(1000, "Bootstrap resamples of the pairs for the 95 percent intervals.")
     seed: int = opt(0, "Bootstrap seed.")
     backbone: str = opt("", "When set, the checkpoint must have been trained from this backbone.")
     out: str = opt("", "JSON file to write the metrics and per-pair scores to (optional).")
@@ -370,14 +370,17 @@ def _pair_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
-            if not self.model.training:
+            if getattr(self, "_val_diffs", None) is not None and not self.model.training:
                 chosen, rejected = outputs.logits.detach().float().squeeze(-1).chunk(2)
                 self._val_diffs.append((chosen - rejected).cpu())
             return (loss, outputs) if return_outputs else loss
 
         def evaluate(self, *args, **kwargs):
-            self._val_diffs = []
-            return super().evaluate(*args, **kwargs)
+            self._val_diffs = []  # collected by compute_loss, consumed by log
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self._val_diffs = None
 
         def log(self, logs, start_time=None):
             if not self.model.training and getattr(self, "_val_diffs", None):
@@ -407,6 +410,9 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise PrlmError(f"'{out}' already exists; pass --overwrite true or another --out")
+    use_cpu = _resolve_device(cfg.device) == "cpu"
+    if use_cpu and cfg.bf16:
+        raise PrlmError("bf16 mixed precision needs a GPU; drop --bf16 on the CPU")
     rows = read_pairs(cfg.pairs)
     if cfg.kinds:
         wanted = {k.strip() for k in cfg.kinds.split(",") if k.strip()}
@@ -437,7 +443,6 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
             "rejected_ids": encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args),
         })
 
-    use_cpu = _resolve_device(cfg.device) == "cpu"
     has_val = bool(val_rows)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.trainer-", dir=_mkdir(out.parent)))
     steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))

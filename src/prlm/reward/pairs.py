@@ -210,8 +210,12 @@ def _load_existing(cfg: PairsConfig) -> tuple[str, list[dict], dict]:
                         "pass --overwrite true or another --out")
     import json
 
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    old = meta.get("provenance", {})
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PrlmError(f"{meta_file}: not valid JSON, so {out} cannot be resumed safely; "
+                        "pass --overwrite true or another --out") from None
+    old = meta.get("provenance", {}) if isinstance(meta, dict) else {}
     diffs = [f"{key}: {old.get(key)!r} -> {value!r}" for key, value in cfg.provenance().items()
              if old.get(key) != value]
     if diffs:

@@ -57,7 +57,8 @@ class TrainConfig:
     seed: int = opt(0, "Seed of sampling, shuffling and initialisation.")
     use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
     bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
-    use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU).")
+    rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once for its whole group; faster) or 'trl' (TRL's own generate).")
+    use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
     gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
     report_to: str = opt("tensorboard", "Comma-separated trackers for transformers (tensorboard, wandb, none).")
@@ -71,6 +72,7 @@ class TrainConfig:
         _choices_check("retriever", self.retriever, METHODS)
         _choices_check("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
         _choices_check("vllm_mode", self.vllm_mode, ("colocate", "server"))
+        _choices_check("rollout", self.rollout, ("shared-prefix", "trl"))
         if not self.data:
             raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
         if not self.out:

@@ -228,12 +228,18 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
+    rollout_func = None
+    if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
+        from prlm.training.rollout import SharedPrefixRollout
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
+        rollout_func = SharedPrefixRollout()
     log = StepLog(out)
     log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args,
                           train_dataset=Dataset.from_list([{k: v for k, v in r.items() if k != "warmup_completion"}
                                                            for r in rows]),
-                          processing_class=tokenizer, peft_config=peft_config,
+                          processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
                           callbacks=[make_step_callback(log)])
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
