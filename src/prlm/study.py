@@ -40,7 +40,7 @@ class StudyConfig:
     prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
     batch_size: int = opt(8, "Generation batch size in evaluation and pair building.")
     seed: int = opt(0, "Seed of every stage.")
-    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}; omit or set train.w_pers 0 to skip it.")
+    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.")
     train: dict = opt(None, "GRPO training options (see `prlm train --help`).")
 
     def __post_init__(self):
@@ -135,9 +135,35 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
 
     stages.append(Stage("retrieval", shared, lambda: _record_retrieval(cfg, out / "retrieval"), deps=["data"]))
 
+    trained = str(out / "train" / "final")
+    eval_common = dict(task=cfg.task, data=cfg.data, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed,
+                       max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
+    methods = {
+        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
+        "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
+                    max_new_tokens=cfg.eval_max_new_tokens),
+        "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
+                     max_new_tokens=cfg.prlm_max_new_tokens),
+    }
+    eval_stages = {}
+    for name, method_opts in methods.items():
+        opts = {**eval_common, **method_opts, "out": str(out / "eval" / name)}
+        EvalConfig(**opts)
+
+        def evaluate(opts=opts):
+            from prlm.pipeline import run_eval
+
+            run_eval(EvalConfig(**opts))
+        eval_stages[name] = Stage(f"eval-{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"])
+    # Baselines first: their results come early and do not wait for training.
+    stages += [eval_stages["no-profile"], eval_stages["rag"]]
+
     train_cfg = dict(cfg.train)
     train_deps = ["data"]
-    if cfg.uses_reward_model:
+    if cfg.uses_reward_model and cfg.rm.get("model"):
+        rm_dir = Path(cfg.rm["model"])  # a reward model trained earlier: reuse it (checked when training starts)
+        train_cfg.setdefault("reward_model", str(rm_dir))
+    elif cfg.uses_reward_model:
         pairs_file = out / "rm" / "pairs.jsonl"
         rm_dir = out / "rm" / "model"
         pairs_opts = {**dict(shared, model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
@@ -170,29 +196,15 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
     def train_policy():
         from prlm.training.grpo import last_checkpoint, train_grpo
 
+        reward_model = train_opts.get("reward_model")
+        if reward_model and not (Path(reward_model) / "prlm_rm_config.json").is_file():
+            raise PrlmError(f"reward model '{reward_model}' is not a checkpoint (no prlm_rm_config.json); "
+                            "train one with `prlm rm train` or drop rm.model")
         resume = last_checkpoint(train_opts["out"]) is not None  # a crashed run continues
         train_grpo(TrainConfig(**{**train_opts, "resume": resume}))
     stages.append(Stage("train", train_opts, train_policy, deps=train_deps))
 
-    trained = str(out / "train" / "final")
-    eval_common = dict(task=cfg.task, data=cfg.data, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed,
-                       max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
-    methods = {
-        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
-        "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
-                    max_new_tokens=cfg.eval_max_new_tokens),
-        "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
-                     max_new_tokens=cfg.prlm_max_new_tokens),
-    }
-    for name, method_opts in methods.items():
-        opts = {**eval_common, **method_opts, "out": str(out / "eval" / name)}
-        EvalConfig(**opts)
-
-        def evaluate(opts=opts):
-            from prlm.pipeline import run_eval
-
-            run_eval(EvalConfig(**opts))
-        stages.append(Stage(f"eval-{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"]))
+    stages.append(eval_stages["prlm"])
 
     def report():
         from prlm.report import write_report
