@@ -26,11 +26,14 @@ LOG_NAME = "train_log.jsonl"
 
 def warmup_completion(task, entries, query: str, gold: str) -> str:
     """A short reasoning trace for the supervised warm-up, built from the data
-    alone: the user's most relevant past outputs and what the new text is about."""
-    past = "; ".join(f'"{e[task.output_field]}"' for e in entries[:2])
-    about = " ".join(task.query(query).split()[:12])
-    style = f"The user's past {task.output_name}s: {past}." if past else f"No past {task.output_name}s are given."
-    return f" {style} The new text is about: {about}. I write it the way this user writes.</think>\n<answer>{gold}</answer>"
+    alone: the user's most relevant past output and what the new text is about.
+    Kept short so that reasoning and answer fit the completion budget."""
+    about = " ".join(task.query(query).split()[:8])
+    if entries:
+        style = f'The user\'s closest past {task.output_name}: "{entries[0][task.output_field]}".'
+    else:
+        style = f"No past {task.output_name}s are given."
+    return f" {style} The new text is about: {about}</think>\n<answer>{gold}</answer>"
 
 
 def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
