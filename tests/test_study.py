@@ -58,8 +58,6 @@ def test_recipes_build_their_stages(tmp_path):
     reuse = {s.name: s for s in build_stages(load_study_config(
         str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", f"rm.model={tmp_path}"]))}
     assert "rm-pairs" not in reuse and reuse["train"].config["reward_model"] == str(tmp_path)
-    with pytest.raises(PrlmError, match="not a checkpoint"):
-        reuse["train"].run()
 
 
 def test_bad_overrides(tmp_path):

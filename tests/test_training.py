@@ -64,6 +64,14 @@ def test_existing_checkpoints_need_resume(tiny_data, tiny_llama_dir, tmp_path):
         train_grpo(_tiny_cfg(tiny_data, tiny_llama_dir, tmp_path / "run"))
 
 
+def test_missing_reward_model_is_reported(tiny_data, tmp_path):
+    from prlm.training.grpo import reward_functions
+
+    cfg = TrainConfig(data=tiny_data, out=str(tmp_path), reward_model=str(tmp_path / "nope"))
+    with pytest.raises(PrlmError, match="not a checkpoint"):
+        reward_functions(cfg)
+
+
 def test_config_errors_say_how_to_fix(tiny_data):
     with pytest.raises(PrlmError, match="--reward-model"):
         TrainConfig(data=tiny_data, out="o", w_pers=0.1)

@@ -196,10 +196,6 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
     def train_policy():
         from prlm.training.grpo import last_checkpoint, train_grpo
 
-        reward_model = train_opts.get("reward_model")
-        if reward_model and not (Path(reward_model) / "prlm_rm_config.json").is_file():
-            raise PrlmError(f"reward model '{reward_model}' is not a checkpoint (no prlm_rm_config.json); "
-                            "train one with `prlm rm train` or drop rm.model")
         resume = last_checkpoint(train_opts["out"]) is not None  # a crashed run continues
         train_grpo(TrainConfig(**{**train_opts, "resume": resume}))
     stages.append(Stage("train", train_opts, train_policy, deps=train_deps))

@@ -40,7 +40,7 @@ from typing import Sequence
 from prlm import PrlmError
 from prlm.config import GenerationConfig, _choices_check, opt
 from prlm.data.tasks import Task
-from prlm.io import atomic_write_json, atomic_write_text, read_jsonl
+from prlm.io import atomic_write_json, atomic_write_text
 
 KINDS = ("rag-vs-no-profile", "gold-vs-no-profile", "gold-vs-other-user")
 REQUIRED_FIELDS = ("id", "user_id", "input", "chosen", "rejected")

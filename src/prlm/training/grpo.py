@@ -65,6 +65,9 @@ def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
     if cfg.w_pers:
         from prlm.reward.personalization import PersonalizationReward
 
+        if not (Path(cfg.reward_model) / "prlm_rm_config.json").is_file():
+            raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
+                            "train one with `prlm rm train`, or pass --w-pers 0")
         funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device))
         weights.append(cfg.w_pers)
     return funcs, weights
