@@ -42,7 +42,8 @@ def meteor_status() -> str | None:
 
         wordnet.ensure_loaded()
     except LookupError:
-        return "METEOR skipped: NLTK's WordNet is not installed (Debian: apt-get install wordnet, or nltk.download('wordnet') where there is internet)"
+        return ("METEOR skipped: NLTK's WordNet corpus is not installed "
+                "(python -m nltk.downloader wordnet where there is internet, then copy ~/nltk_data here)")
     except ImportError:
         return "METEOR skipped: nltk is not installed"
     return None
