@@ -58,6 +58,7 @@ def test_pairs_content_and_provenance(tmp_path, policy_tokenizer):
     assert len(gen.prompts) == 12  # one rag and one no-profile prompt per question, in chunks of 2 questions
     row = rows[0]
     assert row["chosen"].startswith("profile") and row["rejected"].startswith("plain")
+    assert (row["chosen_completion"], row["rejected_completion"]) == (row["chosen"], row["rejected"])  # raw texts
     assert row["kind"] == "rag-vs-no-profile" and row["pair_id"] == "q0:rag-vs-no-profile"
     assert row["input"].startswith("Generate a headline") and row["user_id"] == "u0"
     assert len(row["retrieved"]) == 2 == len(row["context"]) and row["retrieved"][0].startswith("0-")
@@ -150,12 +151,14 @@ def test_reuses_a_no_profile_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(json.dumps({"split": "train", "config": {"method": "no-profile", "model": "m"}}))
-    (run / "predictions.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "answer": f"np {i}"}) + "\n"
+    (run / "predictions.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "answer": f"np {i}",
+                                                               "completion": f"Subject: np {i}"}) + "\n"
                                                    for i in range(3)))
     out = tmp_path / "pairs.jsonl"
     build_pairs(_cfg(data, out, kinds="gold-vs-no-profile", no_profile_run=str(run)), progress=False)
     rows = read_pairs(out)
     assert [r["rejected"] for r in rows] == ["np 0", "np 1", "np 2"] and rows[0]["model"] == "m"
+    assert rows[0]["rejected_completion"] == "Subject: np 0" and "chosen_completion" not in rows[0]
     (run / "summary.json").write_text(json.dumps({"split": "dev", "config": {"method": "no-profile"}}))
     with pytest.raises(PrlmError, match="is on split 'dev'"):
         build_pairs(_cfg(data, tmp_path / "p2.jsonl", kinds="gold-vs-no-profile", no_profile_run=str(run)),

@@ -18,7 +18,10 @@ One JSONL row per pair::
      "retrieved": [profile entry ids, most relevant first], "context": [those entries rendered],
      "task", "split", "retriever", "k", "model", "seed"}
 
-(``gold-vs-other-user`` rows add ``other_id`` and ``other_user_id``.) A pair
+(``gold-vs-other-user`` rows add ``other_id`` and ``other_user_id``; a side the
+policy generated keeps its raw text in ``chosen_completion`` /
+``rejected_completion``, so answers can be re-extracted without generating
+again.) A pair
 with an empty side, or with both sides equal (nothing to learn from), is not
 written; it is counted in the summary and in the sidecar ``<out>.meta.json``.
 
@@ -195,7 +198,7 @@ def _no_profile_answers(run_dir: str, split: str) -> tuple[dict[str, str], str]:
         raise PrlmError(f"run '{run_dir}' used method '{config.get('method')}', not no-profile")
     if summary.get("split") != split:
         raise PrlmError(f"run '{run_dir}' is on split '{summary.get('split')}', not '{split}'")
-    return {r["id"]: r.get("answer", "") for r in rows}, config.get("model", "")
+    return {r["id"]: (r.get("answer", ""), r.get("completion")) for r in rows}, config.get("model", "")
 
 
 # --- building ----------------------------------------------------------------
@@ -291,6 +294,7 @@ def build_pairs(cfg: PairsConfig, progress: bool = True, generator=None, tokeniz
                 rag_prompts.append(build_prompt(task, ex.input, entries, "rag", tokenizer, cfg.max_prompt_tokens))
         rag_answers: list[str] = []
         np_chunk: list[str] = []
+        raw: list = []  # the generated texts, kept so that answers can be re-extracted later
         if need_rag or (need_np and not cfg.no_profile_run):
             texts = [p.text for p in rag_prompts]
             if not cfg.no_profile_run:
@@ -299,11 +303,14 @@ def build_pairs(cfg: PairsConfig, progress: bool = True, generator=None, tokeniz
                 texts += [p.text for p in np_prompts]
             completions = generator.generate(texts, params, progress=progress,
                                              desc=f"pairs {start + len(chunk)}/{len(todo)}")
-            answers = [parse_completion(c[0], "rag", task).answer for c in completions]
+            raw = [c[0] for c in completions]
+            answers = [parse_completion(text, "rag", task).answer for text in raw]
             rag_answers = answers[:len(rag_prompts)]
             np_chunk = answers[len(rag_prompts):]
+        rag_raw, np_raw = raw[:len(rag_prompts)], raw[len(rag_prompts):]
         if cfg.no_profile_run:
-            np_chunk = [np_answers[ex.id] for ex in chunk]
+            np_chunk = [np_answers[ex.id][0] for ex in chunk]
+            np_raw = [np_answers[ex.id][1] for ex in chunk]
 
         new_rows = []
         for i, ex in enumerate(chunk):
@@ -315,8 +322,10 @@ def build_pairs(cfg: PairsConfig, progress: bool = True, generator=None, tokeniz
                 extra = {}
                 if kind == "rag-vs-no-profile":
                     chosen, rejected = rag_answers[i], np_chunk[i]
+                    extra = {"chosen_completion": rag_raw[i], "rejected_completion": np_raw[i]}
                 elif kind == "gold-vs-no-profile":
                     chosen, rejected = ex.gold or "", np_chunk[i]
+                    extra = {"rejected_completion": np_raw[i]}
                 else:
                     other = nearest.get(ex.id)
                     chosen, rejected = ex.gold or "", (other.gold or "") if other else ""
