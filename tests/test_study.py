@@ -49,12 +49,16 @@ def test_recipes_build_their_stages(tmp_path):
     for name in ("cpu-demo.yaml", "cpu-commit-subject.yaml"):
         cfg = load_study_config(str(REPO / "configs" / name), [f"out={tmp_path / name}"])
         names = [s.name for s in build_stages(cfg)]
+        ablation = ["eval-prlm-warmup"] if name == "cpu-commit-subject.yaml" else []
         assert names == ["data", "retrieval", "eval-no-profile", "eval-rag", "rm-pairs", "rm-train", "train",
-                         "eval-prlm", "report"]
+                         "eval-prlm", *ablation, "report"]
     cfg = load_study_config(str(REPO / "configs" / "cpu-demo.yaml"),
                             [f"out={tmp_path}", "train.w_pers=0", "train.max_steps=3"])
     stages = {s.name: s for s in build_stages(cfg)}
     assert "rm-train" not in stages and stages["train"].config["max_steps"] == 3
+    with_ablation = [s.name for s in build_stages(load_study_config(
+        str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", "eval_warmup_only=true"]))]
+    assert with_ablation[-2:] == ["eval-prlm-warmup", "report"]
     reuse = {s.name: s for s in build_stages(load_study_config(
         str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", f"rm.model={tmp_path}"]))}
     assert "rm-pairs" not in reuse and reuse["train"].config["reward_model"] == str(tmp_path)

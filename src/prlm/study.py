@@ -39,6 +39,8 @@ class StudyConfig:
     eval_max_new_tokens: int = opt(32, "Answer length of no-profile and rag.")
     prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
     batch_size: int = opt(8, "Generation batch size in evaluation and pair building.")
+    eval_warmup_only: bool = opt(False, "Also evaluate the policy after the supervised warm-up alone (before GRPO), "
+                                 "to show what GRPO adds.")
     seed: int = opt(0, "Seed of every stage.")
     rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.")
     train: dict = opt(None, "GRPO training options (see `prlm train --help`).")
@@ -201,12 +203,23 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
     stages.append(Stage("train", train_opts, train_policy, deps=train_deps))
 
     stages.append(eval_stages["prlm"])
+    if cfg.eval_warmup_only and int(train_opts.get("sft_steps", 0)) > 0:
+        methods["prlm-warmup"] = dict(methods["prlm"], model=str(out / "train" / "sft-model"))
+        opts = {**eval_common, **methods["prlm-warmup"], "out": str(out / "eval" / "prlm-warmup")}
+
+        def evaluate_warmup(opts=opts):
+            from prlm.pipeline import run_eval
+
+            run_eval(EvalConfig(**opts))
+        stages.append(Stage("eval-prlm-warmup", opts, evaluate_warmup, deps=["train"]))
 
     def report():
         from prlm.report import write_report
 
-        print(write_report(out, {n: out / "eval" / n for n in methods},
-                           [("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm")],
+        comparisons = [("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm")]
+        if "prlm-warmup" in methods:
+            comparisons.append(("prlm-warmup", "prlm"))
+        print(write_report(out, {n: out / "eval" / n for n in methods}, comparisons,
                            train_log=out / "train" / "train_log.jsonl"))
     stages.append(Stage("report", {"version": 1}, report, deps=[f"eval-{n}" for n in methods]))
     return stages
