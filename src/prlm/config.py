@@ -25,7 +25,7 @@ def opt(default: Any, help: str, **kwargs) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
 
 
-def _choices_check(name: str, value: Any, choices: tuple) -> None:
+def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise PrlmError(f"{name}='{value}' is not valid; use one of: {', '.join(map(str, choices))}")
 
@@ -43,7 +43,7 @@ class GenerationConfig:
     seed: int = opt(0, "Seed for sampling and random retrieval.")
 
     def __post_init__(self):
-        _choices_check("backend", self.backend, ("auto", "hf", "vllm"))
+        check_choice("backend", self.backend, ("auto", "hf", "vllm"))
         for name in ("batch_size", "max_prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -74,9 +74,9 @@ class EvalConfig(GenerationConfig):
         from prlm.retrieval import METHODS
 
         get_task(self.task)
-        _choices_check("split", self.split, SPLITS)
-        _choices_check("method", self.method, STYLES)
-        _choices_check("retriever", self.retriever, METHODS)
+        check_choice("split", self.split, SPLITS)
+        check_choice("method", self.method, STYLES)
+        check_choice("retriever", self.retriever, METHODS)
         if not self.data:
             raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
         if not self.out:

@@ -20,7 +20,7 @@ from typing import Callable
 import yaml
 
 from prlm import PrlmError
-from prlm.config import _choices_check, load_yaml, opt
+from prlm.config import check_choice, load_yaml, opt
 from prlm.io import atomic_write_json
 
 
@@ -52,8 +52,7 @@ class StudyConfig:
         if not self.out:
             raise PrlmError("out is required in the study config (the study folder)")
         get_task(self.task)
-        _choices_check("eval_split", self.eval_split, SPLITS)
-        self.synthetic = self.synthetic if self.synthetic is not None else None
+        check_choice("eval_split", self.eval_split, SPLITS)
         self.rm = dict(self.rm or {})
         self.train = dict(self.train or {})
         if not self.data:
@@ -234,12 +233,10 @@ def _check_data(cfg: StudyConfig) -> None:
 
 def _record_retrieval(cfg: StudyConfig, folder: Path) -> None:
     """What each question retrieves, per split, for inspection (retrieved ids and scores)."""
-    from prlm.data import SPLITS, load_split
+    from prlm.data import SPLITS, get_task, load_split
     from prlm.data.lamp import split_files
     from prlm.io import atomic_write_jsonl
     from prlm.retrieval import DenseRetriever, make_retriever
-
-    from prlm.data import get_task
 
     task = get_task(cfg.task)
     retriever = make_retriever(cfg.retriever, task, seed=cfg.seed)

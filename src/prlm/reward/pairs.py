@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prlm import PrlmError
-from prlm.config import GenerationConfig, _choices_check, opt
+from prlm.config import GenerationConfig, check_choice, opt
 from prlm.data.tasks import Task
 from prlm.io import atomic_write_json, atomic_write_text
 
@@ -78,10 +78,10 @@ class PairsConfig(GenerationConfig):
         from prlm.retrieval import METHODS
 
         get_task(self.task)
-        _choices_check("split", self.split, SPLITS)
-        _choices_check("retriever", self.retriever, METHODS)
+        check_choice("split", self.split, SPLITS)
+        check_choice("retriever", self.retriever, METHODS)
         for kind in self.kind_list:
-            _choices_check("kinds", kind, KINDS)
+            check_choice("kinds", kind, KINDS)
         if not self.kind_list:
             raise PrlmError(f"kinds is empty; use one or more of: {', '.join(KINDS)}")
         if not self.data:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prlm import PrlmError
-from prlm.config import _choices_check, opt
+from prlm.config import check_choice, opt
 
 
 @dataclass
@@ -69,10 +69,10 @@ class TrainConfig:
         from prlm.retrieval import METHODS
 
         get_task(self.task)
-        _choices_check("retriever", self.retriever, METHODS)
-        _choices_check("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
-        _choices_check("vllm_mode", self.vllm_mode, ("colocate", "server"))
-        _choices_check("rollout", self.rollout, ("shared-prefix", "trl"))
+        check_choice("retriever", self.retriever, METHODS)
+        check_choice("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
+        check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
+        check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
         if not self.data:
             raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
         if not self.out:
