@@ -335,17 +335,24 @@ def evaluate_pairs(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32, 
 
 # --- training ----------------------------------------------------------------
 
-def run_rm_eval(cfg: RMEvalConfig) -> dict:
-    """`prlm rm eval`: metrics of a checkpoint on a pairs file (written to `cfg.out` when set)."""
+def read_pairs_of_kinds(path, kinds: str) -> list[dict]:
+    """The pairs of a file, only those of the comma-separated `kinds` when given."""
     from prlm.reward.pairs import read_pairs
 
-    started = time.time()
-    rows = read_pairs(cfg.pairs)
-    if cfg.kinds:
-        wanted = {k.strip() for k in cfg.kinds.split(",") if k.strip()}
+    rows = read_pairs(path)
+    if kinds:
+        wanted = {k.strip() for k in kinds.split(",") if k.strip()}
         rows = [r for r in rows if r.get("kind") in wanted]
         if not rows:
-            raise PrlmError(f"{cfg.pairs}: no pairs of kind(s) {', '.join(sorted(wanted))}")
+            raise PrlmError(f"{path}: no pairs of kind(s) {', '.join(sorted(wanted))}")
+    return rows
+
+
+def run_rm_eval(cfg: RMEvalConfig) -> dict:
+    """`prlm rm eval`: metrics of a checkpoint on a pairs file (written to `cfg.out` when set)."""
+
+    started = time.time()
+    rows = read_pairs_of_kinds(cfg.pairs, cfg.kinds)
     rm = load_reward_model(cfg.model, device=cfg.device, backbone=cfg.backbone or None)
     result = evaluate_pairs(rm, rows, cfg.batch_size, cfg.samples, cfg.seed)
     result.update(model=str(cfg.model), pairs=str(cfg.pairs), wall_time_s=round(time.time() - started, 1))
@@ -404,7 +411,6 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
 
     from prlm.evaluation import environment
     from prlm.models import _call_loader, resolve_encoder_path
-    from prlm.reward.pairs import read_pairs
 
     started = time.time()
     out = Path(cfg.out)
@@ -413,12 +419,7 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
     use_cpu = _resolve_device(cfg.device) == "cpu"
     if use_cpu and cfg.bf16:
         raise PrlmError("bf16 mixed precision needs a GPU; drop --bf16 on the CPU")
-    rows = read_pairs(cfg.pairs)
-    if cfg.kinds:
-        wanted = {k.strip() for k in cfg.kinds.split(",") if k.strip()}
-        rows = [r for r in rows if r.get("kind") in wanted]
-        if not rows:
-            raise PrlmError(f"{cfg.pairs}: no pairs of kind(s) {', '.join(sorted(wanted))}")
+    rows = read_pairs_of_kinds(cfg.pairs, cfg.kinds)
     if cfg.context_entries and not all(r.get("context") for r in rows):
         missing = next(i for i, r in enumerate(rows) if not r.get("context"))
         raise PrlmError(f"{cfg.pairs}: pair {missing + 1} ('{rows[missing].get('pair_id', rows[missing]['id'])}') "
