@@ -58,6 +58,7 @@ class TrainConfig:
     use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
     bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
     rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once for its whole group; faster) or 'trl' (TRL's own generate).")
+    prefix_sharing: bool = opt(True, "Log-prob passes run each group's prompt once and score only completion tokens (same objective as TRL's, tested; off = TRL's own pass). Falls back to TRL's pass on several processes, DeepSpeed or gradient checkpointing.")
     use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
     gradient_checkpointing: bool = opt(False, "Trade compute for memory.")

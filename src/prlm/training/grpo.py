@@ -182,6 +182,8 @@ def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
         learning_rate=cfg.sft_learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
         report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16, seed=cfg.seed, completion_only_loss=True,
         max_length=cfg.max_prompt_tokens + cfg.max_completion_length, dataset_num_proc=None,
+        # TRL's SFT default recomputes activations (slower); follow the GRPO setting instead.
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     trainer.train()
@@ -241,11 +243,15 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
         rollout_func = SharedPrefixRollout()
     log = StepLog(out)
     log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args,
-                          train_dataset=Dataset.from_list([{k: v for k, v in r.items() if k != "warmup_completion"}
-                                                           for r in rows]),
-                          processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
-                          callbacks=[make_step_callback(log)])
+    trainer_class = GRPOTrainer
+    if cfg.prefix_sharing:
+        from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
+
+        trainer_class = PrefixSharingGRPOTrainer
+    dataset = Dataset.from_list([{k: v for k, v in r.items() if k != "warmup_completion"} for r in rows])
+    trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                            processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
+                            callbacks=[make_step_callback(log)])
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = out / "final"

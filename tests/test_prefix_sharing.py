@@ -1,0 +1,97 @@
+"""The prefix-shared GRPO step computes TRL's objective: same log-probs, loss and gradients."""
+
+import pytest
+import torch
+from datasets import Dataset
+from trl.trainer.utils import add_fused_lm_head
+
+from prlm.models import load_policy
+from prlm.training.config import TrainConfig
+from prlm.training.grpo import grpo_args
+from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer, prefix_shared_logps
+
+
+def _batch(tok, prompts, completions_per_prompt, completion_len):
+    """Left-padded prompts repeated per group + right-padded completions, as TRL lays them out."""
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gen = torch.Generator().manual_seed(0)
+    rows = enc["input_ids"].repeat_interleave(completions_per_prompt, dim=0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(completions_per_prompt, dim=0)
+    completions = torch.randint(10, 1000, (rows.size(0), completion_len), generator=gen)
+    completion_mask = torch.ones_like(completions)
+    completion_mask[1, 3:] = 0  # one short completion, padded after its end
+    completion_mask[-1, 1:] = 0
+    return torch.cat([rows, completions], 1), torch.cat([prompt_mask, completion_mask], 1)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_logps_entropies_and_grads_equal_full_rows(tiny_llama_dir):
+    model, tok = load_policy(tiny_llama_dir)
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    prompts = ["a short prompt", "a much longer prompt with many more words than the other one"]
+    input_ids, mask = _batch(tok, prompts, 3, 6)
+    weights = torch.randn(input_ids.size(0), 6, generator=torch.Generator().manual_seed(1))
+
+    labels = input_ids.masked_fill(mask == 0, -100)
+    labels[:, :-6] = -100
+    stock = model(input_ids=input_ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    stock_logps, stock_entropy = stock.log_probs[:, -6:], stock.entropy[:, -6:]
+    (stock_logps * weights).sum().backward()
+    stock_grads = _grads(model)
+    model.zero_grad()
+
+    logps, entropy = prefix_shared_logps(model, input_ids, mask, 6, temperature=0.7, compute_entropy=True)
+    (logps * weights).sum().backward()
+    shared_grads = _grads(model)
+
+    assert torch.allclose(logps, stock_logps, atol=1e-5)
+    assert torch.allclose(entropy, stock_entropy, atol=1e-5)
+    assert (logps[1, 3:] == 0).all()  # masked completion positions stay zero, as TRL's
+    assert stock_grads.keys() == shared_grads.keys()
+    for name, grad in stock_grads.items():
+        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def _reward_by_length(prompts, completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_trainer_loss_and_grads_match_stock_trl(tiny_llama_dir, tmp_path, beta, monkeypatch):
+    import prlm.training.prefix_sharing as sharing_module
+
+    shared_calls = []
+    original = sharing_module.prefix_shared_logps
+    monkeypatch.setattr(sharing_module, "prefix_shared_logps",
+                        lambda *a, **k: shared_calls.append(1) or original(*a, **k))
+    model, tok = load_policy(tiny_llama_dir)
+    cfg = TrainConfig(task="synthetic", data=str(tmp_path), model=tiny_llama_dir, out=str(tmp_path / "run"),
+                      prompts_per_step=2, num_generations=3, max_completion_length=8, beta=beta, w_pers=0.0,
+                      report_to="none", temperature=1.0)
+    prompts = ["write a headline: cats", "write a headline for this much longer article about dogs and parks"]
+    trainer = PrefixSharingGRPOTrainer(model=model, reward_funcs=[_reward_by_length], args=grpo_args(cfg),
+                                       train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                                       processing_class=tok)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this test does not run
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert inputs["completion_ids"].size(0) == 6
+
+    def loss_and_grads(sharing):
+        trainer.prefix_sharing = sharing
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
+        return loss.detach(), _grads(trainer.model)
+
+    stock_loss, stock_grads = loss_and_grads(False)
+    calls_before = len(shared_calls)
+    shared_loss, shared_grads = loss_and_grads(True)
+    assert len(shared_calls) > calls_before  # the shared path ran, not TRL's fallback
+    assert torch.allclose(shared_loss, stock_loss, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in stock_grads.values())
+    for name, grad in stock_grads.items():
+        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
