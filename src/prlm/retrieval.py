@@ -290,14 +290,19 @@ class BM25SRetriever(Retriever):
 
 
 class DenseRetriever(Retriever):
-    """Cosine similarity of sentence embeddings; embeddings are cached by text."""
+    """Cosine similarity of sentence embeddings; embeddings are cached by text
+    unless `cache_embeddings` is false (then every call encodes its texts, as
+    LaMP's retrieval script does)."""
 
     name = "dense"
 
-    def __init__(self, task: Task, encoder: str = "minilm", device: str = "cpu", batch_size: int = 64):
+    def __init__(self, task: Task, encoder: str = "minilm", device: str = "cpu", batch_size: int = 64,
+                 cache_embeddings: bool = True, model=None):
+        """`model`: an already loaded encoder to use (e.g. shared by several retrievers)."""
         super().__init__(task)
         self.encoder_name, self.device, self.batch_size = encoder, device, batch_size
-        self._model = None
+        self.cache_embeddings = cache_embeddings
+        self._model = model
         self._cache: dict[str, np.ndarray] = {}
 
     @property
@@ -316,7 +321,10 @@ class DenseRetriever(Retriever):
                 convert_to_numpy=True, show_progress_bar=show_progress,
             )
             self._cache.update(zip(missing, vectors))
-        return np.stack([self._cache[t] for t in texts])
+        embedded = np.stack([self._cache[t] for t in texts])
+        if not self.cache_embeddings:
+            self._cache.clear()
+        return embedded
 
     def prepare(self, queries: Sequence[str], profiles: Sequence[Sequence[dict]]) -> None:
         """Embed every text of a split in a few large batches before retrieving."""
