@@ -4,7 +4,16 @@
 
 Each section is a module `bench/<name>.py` exposing `run(quick: bool) -> dict`
 (or `run(quick, args)` when it also defines `add_arguments(parser)` for its
-sizes). Sections listed in SECTIONS but absent are reported as absent. A full
+sizes). Sections listed in SECTIONS but absent are reported as absent.
+
+What `run` returns (rendered by bench/report.py; every key but "title" optional):
+    {"title": str, "sizes": {name: value},
+     "comparisons": [bench.common.comparison(name, baseline, candidate, target=...)],
+     "profile": {title: [bench.common.top_functions(...) rows] or {name: value}},
+     "notes": [str]}
+where baseline and candidate come from bench.common.measurement(label, times, work, unit).
+
+A full
 run writes docs/benchmarks.md and docs/benchmarks.json; a quick run writes
 runs/bench-quick/ unless --out-dir is given, so quick figures never replace
 the real ones by accident.
