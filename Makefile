@@ -31,5 +31,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Every speed comparison side by side; writes docs/benchmarks.md and docs/benchmarks.json.
+# BENCH_ARGS passes options through, e.g. BENCH_ARGS="--quick" or "--only retrieval --repeats 5".
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) runs

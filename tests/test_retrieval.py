@@ -97,3 +97,43 @@ def test_dense_with_embedded_encoder_prefers_related_entry():
     retriever = make_retriever("dense", TASK)
     entries, scores = retriever("The soccer club celebrated its title win.", profile, 2)
     assert entries[0]["id"] == "b" and scores[0] > scores[1]
+
+
+def test_bm25_cached_profile_queried_again_matches_rank_bm25():
+    """A profile's index is built once and reused: later queries score as a fresh rank_bm25 does."""
+    profile = _profile()
+    retriever = make_retriever("bm25", TASK)
+    queries = ["The river flooded the market", "storm storm vote", "a museum by the harbor", "nothing in common"]
+    for query in queries * 2:
+        ours = retriever.scores(query, profile)
+        reference = BM25Okapi([TASK.entry_text(e).split() for e in profile]).get_scores(TASK.query(query).split())
+        np.testing.assert_array_equal(ours, reference)  # equal to the last bit
+    assert len(retriever._profiles) == 1 and len(retriever._entries) == len(profile)
+
+
+def test_bm25_caches_stay_bounded_and_results_do_not_change():
+    questions = lamp4_questions(n=6, profile_size=5)[0]
+    bounded = make_retriever("bm25", TASK)
+    bounded.max_entries, bounded.max_profiles = 3, 2
+    for q in questions * 2:
+        fresh = make_retriever("bm25", TASK)(q["input"], q["profile"], 3)
+        assert bounded(q["input"], q["profile"], 3) == fresh
+        assert len(bounded._entries) <= 3 and len(bounded._profiles) <= 2
+
+
+def test_okapi_scores_of_empty_and_unmatched_collections():
+    assert okapi_scores(["a"], []).shape == (0,)
+    np.testing.assert_array_equal(okapi_scores(["a"], [[], []]), [0.0, 0.0])
+    np.testing.assert_array_equal(okapi_scores(["zzz"], [["a", "b"], ["c"]]), [0.0, 0.0])
+
+
+@pytest.mark.slow
+def test_bm25_equals_rank_bm25_bit_for_bit_on_every_split():
+    """Every question of git-commit-subject: the same scores to the last bit, so the same top-k under the same tie rule."""
+    task = get_task("commit-subject")
+    retriever = make_retriever("bm25", task)
+    for split in ("train", "dev", "test"):
+        for ex in load_split("../shared/data/git-commit-subject", split, task).examples:
+            reference = BM25Okapi([task.entry_text(e).split() for e in ex.profile])
+            np.testing.assert_array_equal(retriever.scores(ex.input, ex.profile),
+                                          reference.get_scores(task.query(ex.input).split()))

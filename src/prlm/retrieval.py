@@ -1,7 +1,8 @@
 """Retrieval over one user's profile: `retriever(query, profile, k) -> (entries, scores)`.
 
 Methods: `none`, `random` (seeded), `recency` (newest first), `bm25` (Okapi
-BM25 scored exactly as `rank_bm25.BM25Okapi`, LaMP's reference, vectorised),
+BM25 scored exactly as `rank_bm25.BM25Okapi`, LaMP's reference: vectorised,
+entries tokenised once and profile indexes cached),
 `bm25s` (the bm25s library, Lucene idf), `dense` (a sentence-transformers
 encoder, cosine similarity). Retrievers are pure given their inputs: the same
 query and profile always give the same entries.
@@ -9,9 +10,13 @@ query and profile always give the same entries.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import operator
 import random
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import date
 from typing import Callable, Sequence
 
@@ -36,6 +41,114 @@ def _top_k(profile: Sequence[dict], scores: np.ndarray, k: int) -> Retrieved:
     return [profile[i] for i in order], [float(scores[i]) for i in order]
 
 
+# --- BM25 -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class EntryTerms:
+    """One tokenised text: its distinct term ids in order of first appearance,
+    how often each occurs, and its length in tokens."""
+
+    term_ids: np.ndarray
+    counts: np.ndarray
+    length: int
+
+
+class Vocabulary:
+    """Term -> integer id, growing as texts arrive (ids are never reused)."""
+
+    def __init__(self):
+        # A missing term gets the next id inside dict lookup itself (no Python loop per token).
+        self._ids: defaultdict[str, int] = defaultdict(itertools.count().__next__)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, tokens: Sequence[str]) -> EntryTerms:
+        counts = Counter(tokens)
+        ids = np.fromiter(map(self._ids.__getitem__, counts), dtype=np.int64, count=len(counts))
+        freqs = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+        return EntryTerms(ids, freqs, len(tokens))
+
+    def lookup(self, tokens: Sequence[str]) -> np.ndarray:
+        """Ids of the known tokens, in query order; unknown tokens are dropped."""
+        ids = np.fromiter(map(self._ids.get, tokens, itertools.repeat(-1)), dtype=np.int64, count=len(tokens))
+        return ids[ids >= 0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _okapi_idf_table(n_docs: int) -> np.ndarray:
+    # math.log, as rank_bm25 uses: numpy's vectorised log may differ in the last bit.
+    return np.array([math.log(n_docs - df + 0.5) - math.log(df + 0.5) for df in range(n_docs + 1)])
+
+
+class OkapiIndex:
+    """BM25 statistics of one collection, scored exactly as `rank_bm25.BM25Okapi`.
+
+    Every float operation of rank_bm25 is done in the same order on the same
+    values, so scores are equal to the last bit: the idf of each term, their
+    mean summed in order of first appearance (it sets the floor on negative
+    idfs), the length normalisation, and the per-term contributions added in
+    query order. Postings are kept grouped by term (CSR), so a query touches
+    only its own terms.
+    """
+
+    def __init__(self, docs: Sequence[EntryTerms], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
+        self.k1, self.n_docs = k1, len(docs)
+        postings = [d.term_ids for d in docs]
+        term_ids = np.concatenate(postings) if docs else np.zeros(0, dtype=np.int64)
+        counts = np.concatenate([d.counts for d in docs]) if docs else np.zeros(0, dtype=np.int64)
+        doc_of = np.repeat(np.arange(self.n_docs), [len(p) for p in postings])
+        # Sorting (term, position) keys groups the postings by term, earliest posting first within
+        # each term; the keys are distinct, so the fast unstable sort gives that order.
+        by_term = np.argsort(term_ids * max(len(term_ids), 1) + np.arange(len(term_ids)))
+        sorted_ids = term_ids[by_term]
+        new_term = np.ones(len(sorted_ids), dtype=bool)
+        new_term[1:] = sorted_ids[1:] != sorted_ids[:-1]
+        group_start = np.flatnonzero(new_term)
+        self._start = np.append(group_start, len(sorted_ids))
+        self.terms, self._df = sorted_ids[group_start], np.diff(self._start)
+        self._doc_of, self._counts = doc_of[by_term], counts[by_term]
+        self._idf = self._floored_idf(by_term[group_start], len(term_ids), epsilon)
+        doc_len = np.array([d.length for d in docs], dtype=np.int64)
+        avgdl = int(doc_len.sum()) / self.n_docs if self.n_docs else 0.0
+        # Without any token there is no term to score, and avgdl is 0.
+        self._norm = k1 * (1 - b + b * doc_len / avgdl) if avgdl > 0 else np.zeros(self.n_docs)
+
+    def _floored_idf(self, first_seen: np.ndarray, n_postings: int, epsilon: float) -> np.ndarray:
+        if not len(self.terms):
+            return np.zeros(0)
+        idf = _okapi_idf_table(self.n_docs)[self._df]
+        # rank_bm25 adds the idfs one by one in order of first appearance. Laid out at their
+        # first postings (zeros elsewhere change nothing), cumsum adds them in that order.
+        laid_out = np.zeros(n_postings)
+        laid_out[first_seen] = idf
+        mean = np.cumsum(laid_out)[-1] / len(idf)
+        return np.where(idf < 0, epsilon * mean, idf)
+
+    def scores(self, query_ids: np.ndarray) -> np.ndarray:
+        """Scores of every document for a query given as term ids (repeats count again)."""
+        slot = np.searchsorted(self.terms, query_ids)
+        present = slot < len(self.terms)
+        present[present] = self.terms[slot[present]] == query_ids[present]
+        terms = slot[present]  # one row per query token in the profile, in query order
+        if not len(terms):
+            return np.zeros(self.n_docs)
+        tf = self._term_frequencies(terms)
+        weights = self._idf[terms][:, None] * (tf * (self.k1 + 1) / (tf + self._norm))
+        # rank_bm25 adds term by term in query order; cumsum is sequential (np.sum may pair up terms).
+        return np.cumsum(weights, axis=0)[-1]
+
+    def _term_frequencies(self, terms: np.ndarray) -> np.ndarray:
+        """Dense (terms x documents) frequencies of the given local term indices."""
+        lengths = self._df[terms]
+        offsets = np.cumsum(lengths) - lengths
+        postings = np.repeat(self._start[terms] - offsets, lengths) + np.arange(int(lengths.sum()))
+        tf = np.zeros((len(terms), self.n_docs))
+        tf[np.repeat(np.arange(len(terms)), lengths), self._doc_of[postings]] = self._counts[postings]
+        return tf
+
+
 def okapi_scores(
     query_tokens: list[str], docs_tokens: list[list[str]], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25
 ) -> np.ndarray:
@@ -44,25 +157,9 @@ def okapi_scores(
     A term in more than half of the documents would get a negative idf; like
     rank_bm25 we give it `epsilon * mean idf` instead.
     """
-    n_docs = len(docs_tokens)
-    if n_docs == 0:
-        return np.zeros(0)
-    counts = [Counter(tokens) for tokens in docs_tokens]
-    doc_len = np.array([len(tokens) for tokens in docs_tokens], dtype=np.float64)
-    doc_freq: Counter = Counter()
-    for c in counts:
-        doc_freq.update(c.keys())
-    idf = {w: math.log(n_docs - df + 0.5) - math.log(df + 0.5) for w, df in doc_freq.items()}
-    floor = epsilon * (sum(idf.values()) / len(idf)) if idf else 0.0
-    idf = {w: (v if v >= 0 else floor) for w, v in idf.items()}
-    norm = k1 * (1 - b + b * doc_len / max(doc_len.mean(), 1e-9))
-    scores = np.zeros(n_docs)
-    for term in query_tokens:  # repeated query terms count again, as in rank_bm25
-        if term not in idf:
-            continue
-        tf = np.array([c.get(term, 0) for c in counts], dtype=np.float64)
-        scores += idf[term] * tf * (k1 + 1) / (tf + norm)
-    return scores
+    vocab = Vocabulary()
+    index = OkapiIndex([vocab.add(tokens) for tokens in docs_tokens], k1, b, epsilon)
+    return index.scores(vocab.lookup(query_tokens))
 
 
 class Retriever:
@@ -122,15 +219,55 @@ class RecencyRetriever(Retriever):
 
 
 class BM25Retriever(Retriever):
+    """Okapi BM25 as rank_bm25.BM25Okapi scores it (see `OkapiIndex`), with caches.
+
+    Each distinct profile entry is tokenised once (keyed by its retrieval
+    fields), and the index of a recently seen profile is reused, so a user's
+    entries shared by several questions, or a profile queried again, cost
+    little. Both caches drop their oldest items beyond `max_entries` /
+    `max_profiles`, which bounds memory on large profiles.
+    """
+
     name = "bm25"
 
-    def __init__(self, task: Task, tokenize: Callable[[str], list[str]] = whitespace_tokenize, k1=1.5, b=0.75):
+    def __init__(self, task: Task, tokenize: Callable[[str], list[str]] = whitespace_tokenize, k1=1.5, b=0.75,
+                 epsilon=0.25, max_entries: int = 100_000, max_profiles: int = 256):
         super().__init__(task)
-        self.tokenize, self.k1, self.b = tokenize, k1, b
+        self.tokenize, self.k1, self.b, self.epsilon = tokenize, k1, b, epsilon
+        self.max_entries, self.max_profiles = max_entries, max_profiles
+        self._entry_key = operator.itemgetter(*task.retrieval_fields)
+        self._vocab = Vocabulary()
+        self._entries: dict = {}
+        self._profiles: dict[tuple, OkapiIndex] = {}
+
+    def index(self, profile: Sequence[dict]) -> OkapiIndex:
+        keys = tuple(map(self._entry_key, profile))
+        index = self._profiles.get(keys)
+        if index is None:
+            docs = list(map(self._entries.get, keys))
+            if None in docs:
+                self._tokenise_new_entries(docs, keys, profile)
+            index = OkapiIndex(docs, self.k1, self.b, self.epsilon)
+            _bounded_insert(self._profiles, keys, index, self.max_profiles)
+        return index
+
+    def _tokenise_new_entries(self, docs: list, keys: tuple, profile: Sequence[dict]) -> None:
+        """Fill in place the entries of `docs` that the cache did not hold."""
+        for i, (key, entry) in enumerate(zip(keys, profile)):
+            if docs[i] is None:
+                docs[i] = self._vocab.add(self.tokenize(self.task.entry_text(entry)))
+                _bounded_insert(self._entries, key, docs[i], self.max_entries)
 
     def scores(self, query: str, profile: Sequence[dict]) -> np.ndarray:
-        docs = [self.tokenize(self.task.entry_text(e)) for e in profile]
-        return okapi_scores(self.tokenize(self.task.query(query)), docs, self.k1, self.b)
+        index = self.index(profile)
+        return index.scores(self._vocab.lookup(self.tokenize(self.task.query(query))))
+
+
+def _bounded_insert(cache: dict, key, value, capacity: int) -> None:
+    """Insert, dropping the oldest items beyond `capacity` (dicts keep insertion order)."""
+    cache[key] = value
+    while len(cache) > capacity:
+        del cache[next(iter(cache))]
 
 
 class BM25SRetriever(Retriever):
@@ -153,14 +290,19 @@ class BM25SRetriever(Retriever):
 
 
 class DenseRetriever(Retriever):
-    """Cosine similarity of sentence embeddings; embeddings are cached by text."""
+    """Cosine similarity of sentence embeddings; embeddings are cached by text
+    unless `cache_embeddings` is false (then every call encodes its texts, as
+    LaMP's retrieval script does)."""
 
     name = "dense"
 
-    def __init__(self, task: Task, encoder: str = "minilm", device: str = "cpu", batch_size: int = 64):
+    def __init__(self, task: Task, encoder: str = "minilm", device: str = "cpu", batch_size: int = 64,
+                 cache_embeddings: bool = True, model=None):
+        """`model`: an already loaded encoder to use (e.g. shared by several retrievers)."""
         super().__init__(task)
         self.encoder_name, self.device, self.batch_size = encoder, device, batch_size
-        self._model = None
+        self.cache_embeddings = cache_embeddings
+        self._model = model
         self._cache: dict[str, np.ndarray] = {}
 
     @property
@@ -179,7 +321,10 @@ class DenseRetriever(Retriever):
                 convert_to_numpy=True, show_progress_bar=show_progress,
             )
             self._cache.update(zip(missing, vectors))
-        return np.stack([self._cache[t] for t in texts])
+        embedded = np.stack([self._cache[t] for t in texts])
+        if not self.cache_embeddings:
+            self._cache.clear()
+        return embedded
 
     def prepare(self, queries: Sequence[str], profiles: Sequence[Sequence[dict]]) -> None:
         """Embed every text of a split in a few large batches before retrieving."""
