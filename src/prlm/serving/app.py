@@ -26,6 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.routing import Match
 
 from prlm import PrlmError, __version__
 from prlm.data.tasks import TASKS, get_task
@@ -288,9 +289,18 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
             status = response.status_code
             return response
         finally:
-            route = request.scope.get("route")
-            name = getattr(route, "path", None) or ("unmatched" if status == 404 else "middleware")
-            state.metrics.observe_request(request.method, name, status, time.perf_counter() - started)
+            state.metrics.observe_request(request.method, route_template(request.scope), status,
+                                          time.perf_counter() - started)
+
+    def route_template(scope) -> str:
+        """The matched route's template; answers given before routing (401, 413) are matched here."""
+        route = scope.get("route")
+        if route is not None:
+            return route.path
+        for candidate in app.router.routes:
+            if candidate.matches(scope)[0] != Match.NONE:
+                return candidate.path
+        return "unmatched"
 
     # --- access ----------------------------------------------------------------------
 
