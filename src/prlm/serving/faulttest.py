@@ -12,6 +12,7 @@ entry must be there. At the end SQLite's `PRAGMA integrity_check` must say ok.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -79,7 +80,7 @@ def _writer(url: str, token: str, user: str, name: str, acked: list, failures: l
                                            "title": f"Harbor story {entry_id}", "date": "2024-05-01"}]}
         try:
             status, reply = client.request("POST", f"/v1/users/{user}/entries", body)
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return  # the server is gone: this write was never acknowledged
         if status == 201 and reply.get("ids") == [entry_id]:
             acked.append(entry_id)

@@ -12,6 +12,7 @@ a Markdown table row with `--markdown`.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import sys
@@ -87,7 +88,7 @@ def run_load_test(url: str, admin_token: str, clients: int = 4, duration: float 
                     status, reply = client.request("POST", f"/v1/users/{user}/entries", {"task": task, "entries": [_entry(rng, entry_id)]})
                 else:
                     status, reply = client.request("POST", f"/v1/users/{user}/generate", {"task": task, "input": _article(rng), "k": k})
-            except OSError as err:
+            except (OSError, http.client.HTTPException) as err:
                 with lock:
                     errors.append(f"{type(err).__name__}: {err}")
                     records.append(("write" if write else "generate", -1, time.perf_counter() - started, 0))
