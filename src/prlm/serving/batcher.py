@@ -60,6 +60,8 @@ class Batcher:
         return self._queue.qsize() if self._queue is not None else 0
 
     async def start(self) -> None:
+        if self.running:  # a queue belongs to one event loop: one app, one server
+            raise RuntimeError("the batcher is already running")
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._worker(), name="prlm-batcher")
 
