@@ -133,6 +133,24 @@ def test_limits_are_clear_4xx(two_users):
     assert len(client.get("/v1/users/alice/entries", headers=alice).json()["entries"]) == 4  # nothing half-written
 
 
+def test_odd_text_is_4xx_or_kept_exactly(two_users):
+    client, alice, _ = two_users
+    add = "/v1/users/alice/entries"
+    surrogate = b'{"task": "synthetic", "entries": [{"id": "s", "title": "\\ud800", "text": "t", "date": "2024-01-01"}]}'
+    assert _post(client, add, alice, surrogate).status_code == 422
+    surrogate_task = b'{"task": "synthetic\\ud800", "entries": [{"id": "s", "title": "x", "text": "t", "date": "2024-01-01"}]}'
+    r = _post(client, add, alice, surrogate_task)
+    assert r.status_code == 422 and "unknown task" in r.json()["detail"]
+    surrogate_input = b'{"task": "synthetic", "input": "\\udfff"}'
+    assert _post(client, "/v1/users/alice/generate", alice, surrogate_input).status_code == 422
+    deep = b'{"task": "synthetic", "entries": ' + b"[" * 1500 + b"]" * 1500 + b"}"
+    assert _post(client, add, alice, deep).status_code in (400, 422)
+    odd = {"task": TASK, "entries": [entry("u1", "caf\u00e9 \U0001F600 a\u0000b", "line\nbreak")]}
+    assert client.post(add, headers=alice, json=odd).status_code == 201
+    kept = client.get(f"{add}?task={TASK}", headers=alice).json()["entries"]
+    assert [e for e in kept if e["id"] == "u1"][0]["title"] == "caf\u00e9 \U0001F600 a\u0000b"
+
+
 def test_oversized_chunked_body_is_413(two_users):
     client, alice, _ = two_users
 
@@ -161,6 +179,7 @@ def test_garbage_bodies_never_give_5xx(two_users):
     client, alice, _ = two_users
     rng = random.Random(0)
     pieces = [b"{", b"}", b"[", b"]", b'"task"', b'"entries"', b":", b",", b"null", b"1e999", b'"\\ud800"', b"\xff\xfe",
+              b'{"task": "synthetic", "entries": [{"id": "q", "title": "\\udbff", "text": "t", "date": "2024-01-01"}]}',
               b'"synthetic"', b'{"id": "z"}', b"true", b"-0", b'"input"', b'"k"']
     statuses = set()
     for i in range(150):

@@ -25,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import Match
 
@@ -42,6 +43,13 @@ log = logging.getLogger("prlm.serve")
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENTRY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 STATIC = Path(__file__).parent / "static"
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a lone surrogate a client sent (and an error echoes) still encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 # --- request and response bodies ---------------------------------------------
@@ -255,31 +263,35 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
 
     app = FastAPI(title="prlm serving", version=__version__, lifespan=lifespan,
                   description="Personalized generation (PrLM) over per-user profiles.",
-                  docs_url=None, redoc_url=None)  # the docs UI loads scripts from a CDN; the schema is /openapi.json
+                  docs_url=None, redoc_url=None, default_response_class=SafeJSONResponse)  # the docs UI loads scripts from a CDN; the schema is /openapi.json
     app.state.prlm = state
     bearer = HTTPBearer(auto_error=False, description="The admin token or a user token.")
 
     # --- errors: every client mistake is a 4xx with a one-line detail ---------------
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse({"detail": "malformed JSON body"}, status_code=400)
+            return SafeJSONResponse({"detail": "malformed JSON body"}, status_code=400)
         parts = []
         for e in errors[:5]:
             where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else e.get("msg", "invalid"))
-        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+        return SafeJSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return SafeJSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+        return SafeJSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
     async def _measure(request: Request, call_next):
         started = time.perf_counter()
@@ -371,6 +383,10 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
             for name, value in entry.items():
                 if not isinstance(value, str):
                     raise HTTPException(422, f"entries[{i}].{name}: must be a string")
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate from a \udXXX escape: not text the store can keep
+                    raise HTTPException(422, f"entries[{i}].{name}: not valid Unicode text (lone surrogate)") from None
                 if len(value) > cfg.max_entry_chars:
                     raise HTTPException(422, f"entries[{i}].{name}: {len(value)} characters, over the limit of {cfg.max_entry_chars}")
             if "id" in entry:
@@ -463,7 +479,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
         if not state.batcher.running:
             problems.append("batcher stopped")
         body = {"ready": not problems, "model": state.model_name, "db": db, "problems": problems}
-        return JSONResponse(body, status_code=200 if not problems else 503)
+        return SafeJSONResponse(body, status_code=200 if not problems else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
     def metrics():
