@@ -6,8 +6,18 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 ADMIN = "admin-token-for-tests-0123456789"
 TASK = "synthetic"
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_llama_dir):
+    """(HFGenerator, tokenizer) over conftest's tiny random Llama; import it into a test module to use it."""
+    from prlm.generation import make_generator
+
+    return make_generator(tiny_llama_dir, backend="hf", device="cpu", batch_size=8)
 
 
 def entry(entry_id: str, title: str, text: str, date: str = "2024-01-01") -> dict:

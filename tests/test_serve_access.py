@@ -9,16 +9,9 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import ADMIN, TASK, bearer, entry, make_app, provision
+from serve_support import ADMIN, TASK, bearer, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
 
 SECRET_B = "zqxvbobsecretkumquat"  # text only bob's profile holds
-
-
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_llama_dir):
-    from prlm.generation import make_generator
-
-    return make_generator(tiny_llama_dir, backend="hf", device="cpu", batch_size=8)
 
 
 @pytest.fixture
@@ -182,7 +175,7 @@ def test_garbage_bodies_never_give_5xx(two_users):
               b'{"task": "synthetic", "entries": [{"id": "q", "title": "\\udbff", "text": "t", "date": "2024-01-01"}]}',
               b'"synthetic"', b'{"id": "z"}', b"true", b"-0", b'"input"', b'"k"']
     statuses = set()
-    for i in range(150):
+    for _ in range(150):
         raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         for path in ("/v1/users/alice/entries", "/v1/users/alice/generate", "/v1/users"):
             headers = bearer(ADMIN) if path == "/v1/users" else alice

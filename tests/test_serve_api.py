@@ -5,16 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import ADMIN, TASK, bearer, entry, make_app, provision
-
-SECRET_B = "zqxvbobsecretkumquat"  # text only bob's profile holds
-
-
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_llama_dir):
-    from prlm.generation import make_generator
-
-    return make_generator(tiny_llama_dir, backend="hf", device="cpu", batch_size=8)
+from serve_support import ADMIN, TASK, bearer, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

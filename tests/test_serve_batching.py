@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import TASK, entry, make_app, provision
-
-
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_llama_dir):
-    from prlm.generation import make_generator
-
-    return make_generator(tiny_llama_dir, backend="hf", device="cpu", batch_size=8)
+from serve_support import TASK, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
 
 
 def test_concurrent_generations_share_a_batch(tmp_path, tiny_generator):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_support import TASK, ThreadedServer, entry, make_app
+from serve_support import ADMIN, TASK, ThreadedServer, entry, make_app, tiny_generator  # noqa: F401 (a fixture)
 
 CHROMIUM = os.environ.get("PRLM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "artifacts"
@@ -37,20 +37,12 @@ def _browser_or_skip():
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_llama_dir):
-    from prlm.generation import make_generator
-
-    return make_generator(tiny_llama_dir, backend="hf", device="cpu", batch_size=8)
-
-
 @pytest.mark.slow
 def test_page_edit_profile_and_generate(tmp_path, tiny_generator):
     _browser_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
     from prlm.serving.client import Client
-    from serve_support import ADMIN
 
     app, store = make_app(tmp_path / "p.sqlite", *tiny_generator)
     with ThreadedServer(app) as server:

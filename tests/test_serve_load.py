@@ -6,14 +6,7 @@ import pytest
 
 from prlm import PrlmError
 from prlm.serving.loadtest import markdown_rows, run_load_test
-from serve_support import ADMIN, ThreadedServer, make_app
-
-
-@pytest.fixture(scope="module")
-def tiny_generator(tiny_llama_dir):
-    from prlm.generation import make_generator
-
-    return make_generator(tiny_llama_dir, backend="hf", device="cpu", batch_size=8)
+from serve_support import ADMIN, ThreadedServer, make_app, tiny_generator  # noqa: F401 (a fixture)
 
 
 @pytest.mark.slow
