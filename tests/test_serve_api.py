@@ -185,3 +185,26 @@ def test_generate_before_the_model_is_ready_is_503(tmp_path):
         assert r.status_code == 503 and "without a model" in r.json()["detail"]
         assert client.get("/readyz").status_code == 200  # profiles only: ready for what it offers
     store.close()
+
+
+def test_a_model_that_fails_to_load_is_reported_not_ready(tmp_path):
+    import time
+
+    from prlm.serving.app import create_app
+    from prlm.serving.config import ServeConfig
+    from prlm.serving.store import SQLiteProfileStore
+
+    store = SQLiteProfileStore(tmp_path / "p.sqlite")
+    missing = str(tmp_path / "no-such-model")
+    app = create_app(ServeConfig(db=str(tmp_path / "p.sqlite"), model=missing), store, ADMIN)
+    with TestClient(app) as client:
+        alice = provision(client, "alice")
+        deadline = time.time() + 120
+        while app.state.prlm.load_error is None and time.time() < deadline:
+            time.sleep(0.1)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "model failed to load" in ready.json()["problems"][0]
+        r = client.post("/v1/users/alice/generate", headers=alice, json={"task": TASK, "input": "x"})
+        assert r.status_code == 503 and "failed to load" in r.json()["detail"] and r.headers["retry-after"] == "5"
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
+    store.close()

@@ -76,3 +76,15 @@ def test_serve_config_checks():
         with pytest.raises(PrlmError):
             ServeConfig(**bad)
     assert ServeConfig(model="some/folder").resolved_model() == "some/folder"
+
+
+def test_model_auto_prefers_the_trained_checkpoint(tmp_path, monkeypatch):
+    from prlm.serving.config import BASE_MODEL, TRAINED_DEFAULT, ServeConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert ServeConfig().resolved_model() == BASE_MODEL
+    final = tmp_path / TRAINED_DEFAULT
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    assert ServeConfig().resolved_model() == TRAINED_DEFAULT
+    assert ServeConfig(model="smollm2-135m").resolved_model() == "smollm2-135m"
