@@ -514,7 +514,8 @@ def serve(cfg: ServeConfig) -> None:
         raise PrlmError(f"model folder '{model}' not found")
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = SQLiteProfileStore(cfg.db)
-    log.info("serving model '%s' (loading in the background), profiles in %s", model, cfg.db)
+    log.info("profiles in %s; %s", cfg.db, "no model: generate answers 503" if model == NO_MODEL
+             else f"model '{model}' loads in the background (/readyz says when it is ready)")
     app = create_app(cfg, store, admin_token, model_name=model)
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False)
