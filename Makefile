@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench clean
+SERVE_DB ?= profiles.sqlite
+SERVE_PORT ?= 8000
+SERVE_MODEL ?= auto
+
+.PHONY: install demo test test-fast bench clean serve browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +29,27 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PRLM) run configs/cpu-demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The page's browser test drives Debian's chromium through playwright; playwright's
+# own browser download needs hosts this network does not reach, so it is never used.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; } || \
+	  echo "warning: chromium could not be installed; the browser test will skip (and fail under CI)"
+
+# The API and web page on http://127.0.0.1:$(SERVE_PORT)/ with the embedded defaults:
+# profiles in $(SERVE_DB), the trained checkpoint of `make demo` if present, else SmolLM2
+# (SERVE_MODEL=PATH to choose).
+# The admin token comes from $$PRLM_ADMIN_TOKEN, else admin.token (made at random once).
+serve: $(STAMP)
+	@if [ -z "$$PRLM_ADMIN_TOKEN" ] && [ ! -f admin.token ]; then \
+	  (umask 077; $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > admin.token); \
+	  echo "made a random admin token in admin.token"; fi
+	@if [ -n "$$PRLM_ADMIN_TOKEN" ]; then $(PRLM) serve --model $(SERVE_MODEL) --db $(SERVE_DB) --port $(SERVE_PORT); \
+	else $(PRLM) serve --model $(SERVE_MODEL) --db $(SERVE_DB) --port $(SERVE_PORT) --admin-token-file admin.token; fi
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

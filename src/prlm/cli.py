@@ -88,6 +88,13 @@ def _cmd_run(args) -> None:
         print(report.read_text(encoding="utf-8"), end="")
 
 
+def _cmd_serve(args) -> None:
+    from prlm.serving.app import serve
+    from prlm.serving.config import ServeConfig
+
+    serve(config_from_args(ServeConfig, args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prlm", description="Personalized RAG with explicit reasoning (PrLM).")
     parser.add_argument("--version", action="version", version=f"prlm {__version__}")
@@ -134,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an option, dotted for sections: --set train.max_steps=5 (repeatable)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="the personalized generation API and web page over a per-user profile store "
+                                     "(admin token from $PRLM_ADMIN_TOKEN or --admin-token-file)")
+    from prlm.serving.config import ServeConfig
+
+    add_config_args(p, ServeConfig)
+    p.set_defaults(func=_cmd_serve)
 
     from prlm.reward.cli import add_rm_commands
     add_rm_commands(sub)

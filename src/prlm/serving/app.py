@@ -1,0 +1,523 @@
+"""The FastAPI application: profile endpoints, generation, health, metrics, the web page.
+
+Access rules: the admin token provisions users and issues their tokens and
+nothing else; a user token reads and writes only its own profile and
+generates only for itself (403 for any other user id in the path, whether or
+not that user exists). Every client mistake is a 4xx with a one-line `detail`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.routing import Match
+
+from prlm import PrlmError, __version__
+from prlm.data.tasks import TASKS, get_task
+from prlm.serving.auth import Authenticator, hash_token, new_user_token
+from prlm.serving.batcher import Batcher, QueueFull
+from prlm.serving.config import NO_MODEL, ServeConfig
+from prlm.serving.engine import Engine
+from prlm.serving.metrics import Metrics
+from prlm.serving.store import ProfileStore, StoreError
+
+log = logging.getLogger("prlm.serve")
+
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ENTRY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+STATIC = Path(__file__).parent / "static"
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a lone surrogate a client sent (and an error echoes) still encodes."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+# --- request and response bodies ---------------------------------------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a client mistake, not ignored
+
+
+class NewUser(_Strict):
+    user_id: str = Field(pattern=USER_ID_PATTERN, description="Letters, digits, '_', '.', '-'; at most 64.")
+
+
+class UserToken(BaseModel):
+    user_id: str
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class Me(BaseModel):
+    user_id: str | None
+    role: str
+
+
+class AddEntries(_Strict):
+    task: str = Field(description="Task name; its entry fields are listed by GET /v1/tasks.")
+    entries: list[dict[str, Any]] = Field(min_length=1, description="Entries with the task's fields (and an optional id).")
+
+
+class EntriesAdded(BaseModel):
+    user_id: str
+    task: str
+    ids: list[str]
+    version: int
+
+
+class EntryList(BaseModel):
+    user_id: str
+    version: int
+    entries: list[dict[str, Any]]
+
+
+class EntryDeleted(BaseModel):
+    user_id: str
+    deleted: str
+    version: int
+
+
+class GenerateRequest(_Strict):
+    task: str
+    input: str = Field(min_length=1, description="The text to write for, e.g. the article to title.")
+    retriever: str | None = Field(None, description="Retriever (default: the server's).")
+    k: int | None = Field(None, description="Entries retrieved (default: the server's).")
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+
+
+class Timings(BaseModel):
+    retrieval_ms: float
+    queue_ms: float
+    prompt_ms: float
+    generation_ms: float
+    total_ms: float
+
+
+class GenerateResponse(BaseModel):
+    user_id: str
+    task: str
+    answer: str
+    reasoning: str
+    retrieved: list[Hit]
+    retriever: str
+    k: int
+    method: str
+    model: str
+    batch_size: int
+    prompt_tokens: int
+    timings: Timings
+
+
+# --- the application ------------------------------------------------------------
+
+@dataclass
+class Principal:
+    role: str  # 'admin' or 'user'
+    user_id: str | None
+
+
+class ServerState:
+    def __init__(self, cfg: ServeConfig, store: ProfileStore, authenticator: Authenticator, model_name: str):
+        self.cfg, self.store, self.auth, self.model_name = cfg, store, authenticator, model_name
+        self.engine: Engine | None = None
+        self.load_error: str | None = None
+        self.metrics = Metrics()
+        self.batcher = Batcher(self._run_batch, cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue,
+                               on_batch=self.metrics.observe_batch)
+
+    def _run_batch(self, batch):
+        return self.engine.run_batch(batch)
+
+    def set_generator(self, generator, tokenizer) -> None:
+        c = self.cfg
+        self.engine = Engine(self.store, generator, tokenizer, c.method, c.max_prompt_tokens, c.max_new_tokens,
+                             temperature=c.temperature, seed=c.seed)
+
+    def load_model(self) -> None:
+        """Runs on a background thread: profile endpoints work while the model loads."""
+        from prlm.generation import make_generator
+
+        try:
+            generator, tokenizer = make_generator(self.model_name, self.cfg.backend, self.cfg.device, self.cfg.max_batch)
+        except Exception as err:  # reported by /readyz and every generate request
+            log.exception("loading the model '%s' failed", self.model_name)
+            self.load_error = f"{type(err).__name__}: {err}"
+            return
+        self.set_generator(generator, tokenizer)
+        log.info("model '%s' loaded; ready", self.model_name)
+
+
+class _BodyLimit:
+    """Pure ASGI: refuses bodies over `limit` bytes with 413 before any parsing, chunked ones included."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _send_json(send, 400, "invalid Content-Length header")
+            if int(length) > self.limit:
+                return await _send_json(send, 413, f"request body over {self.limit} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None  # the client left; nothing to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _send_json(send, 413, f"request body over {self.limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, detail: str):
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Authenticate:
+    """Pure ASGI: every /v1/ request but the task table must carry a known bearer token (401 otherwise),
+    checked before its body is parsed."""
+
+    PUBLIC = {"/v1/tasks"}
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["path"] in self.PUBLIC:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return await _send_401(send, "missing bearer token: send the header 'Authorization: Bearer TOKEN'")
+        ident = self.state.auth.identify(token.strip())
+        if ident is None:
+            return await _send_401(send, "unknown or revoked token")
+        scope.setdefault("state", {})["principal"] = Principal(*ident)
+        return await self.app(scope, receive, send)
+
+
+async def _send_401(send, detail: str):
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b"Bearer")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generator=None, tokenizer=None,
+               model_name: str | None = None) -> FastAPI:
+    """The app; with `generator` and `tokenizer` given it is ready at once, else the model loads at start-up."""
+    state = ServerState(cfg, store, Authenticator(admin_token, store), model_name or cfg.resolved_model())
+    if generator is not None:
+        state.set_generator(generator, tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await state.batcher.start()
+        if state.engine is None and state.model_name != NO_MODEL:
+            threading.Thread(target=state.load_model, name="prlm-load-model", daemon=True).start()
+        yield
+        await state.batcher.stop()
+
+    app = FastAPI(title="prlm serving", version=__version__, lifespan=lifespan,
+                  description="Personalized generation (PrLM) over per-user profiles.",
+                  docs_url=None, redoc_url=None, default_response_class=SafeJSONResponse)  # the docs UI loads scripts from a CDN; the schema is /openapi.json
+    app.state.prlm = state
+    bearer = HTTPBearer(auto_error=False, description="The admin token or a user token.")
+
+    # --- errors: every client mistake is a 4xx with a one-line detail ---------------
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return SafeJSONResponse({"detail": "malformed JSON body"}, status_code=400)
+        parts = []
+        for e in errors[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else e.get("msg", "invalid"))
+        return SafeJSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError):
+        return SafeJSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return SafeJSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+    async def _measure(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            state.metrics.observe_request(request.method, route_template(request.scope), status,
+                                          time.perf_counter() - started)
+
+    def route_template(scope) -> str:
+        """The matched route's template; answers given before routing (401, 413) are matched here."""
+        route = scope.get("route")
+        if route is not None:
+            return route.path
+        for candidate in app.router.routes:
+            if candidate.matches(scope)[0] != Match.NONE:
+                return candidate.path
+        return "unmatched"
+
+    # --- access ----------------------------------------------------------------------
+
+    def principal(request: Request, _cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        found = getattr(request.state, "principal", None)
+        if found is None:  # _Authenticate guards every /v1/ route; this is a second lock on the door
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+    def admin(p: Principal = Depends(principal)) -> Principal:
+        if p.role != "admin":
+            raise HTTPException(403, "this needs the admin token")
+        return p
+
+    def owner(user_id: str = PathParam(pattern=USER_ID_PATTERN), p: Principal = Depends(principal)) -> str:
+        if p.role == "admin":
+            raise HTTPException(403, "the admin token does not read or write profiles; use the user's token")
+        if p.user_id != user_id:
+            raise HTTPException(403, "a user token reaches only its own user id")
+        return user_id
+
+    def task_or_422(name: str):
+        try:
+            return get_task(name)
+        except PrlmError as err:
+            raise HTTPException(422, str(err)) from None
+
+    # --- users (admin) ---------------------------------------------------------------
+
+    @app.post("/v1/users", status_code=201, response_model=UserToken, tags=["users"],
+              summary="Create a user and issue their token (admin)")
+    def create_user(body: NewUser, _: Principal = Depends(admin)):
+        token = new_user_token()
+        store.create_user(body.user_id, hash_token(token))
+        return UserToken(user_id=body.user_id, token=token)
+
+    @app.post("/v1/users/{user_id}/token", response_model=UserToken, tags=["users"],
+              summary="Issue a new token for a user; the old one stops working (admin)")
+    def rotate_token(user_id: str = PathParam(pattern=USER_ID_PATTERN), _: Principal = Depends(admin)):
+        token = new_user_token()
+        store.set_token_hash(user_id, hash_token(token))
+        return UserToken(user_id=user_id, token=token)
+
+    @app.get("/v1/me", response_model=Me, tags=["users"], summary="Who the token belongs to")
+    def me(p: Principal = Depends(principal)):
+        return Me(user_id=p.user_id, role=p.role)
+
+    @app.get("/v1/tasks", tags=["profiles"], summary="Tasks and the fields their profile entries carry (public)")
+    def tasks():
+        return {"tasks": [{"name": t.name, "entry_fields": list(t.entry_fields), "output_name": t.output_name,
+                           "input_prefix": t.input_prefix} for t in TASKS.values()]}
+
+    # --- profiles (the user's own token) ----------------------------------------------
+
+    def check_entries(task, entries: list[dict]) -> list[dict]:
+        if len(entries) > cfg.max_entries_per_request:
+            raise HTTPException(422, f"at most {cfg.max_entries_per_request} entries per request, got {len(entries)}")
+        allowed = set(task.entry_fields)
+        out = []
+        for i, entry in enumerate(entries):
+            keys = set(entry) - {"id"}
+            missing, unknown = sorted(allowed - keys), sorted(keys - allowed)
+            if missing or unknown:
+                raise HTTPException(422, f"entries[{i}]: " + "; ".join(
+                    ([f"missing field(s) {', '.join(missing)}"] if missing else [])
+                    + ([f"unknown field(s) {', '.join(unknown)}"] if unknown else []))
+                    + f" (task {task.name} entries carry: {', '.join(task.entry_fields)}, and an optional id)")
+            for name, value in entry.items():
+                if not isinstance(value, str):
+                    raise HTTPException(422, f"entries[{i}].{name}: must be a string")
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate from a \udXXX escape: not text the store can keep
+                    raise HTTPException(422, f"entries[{i}].{name}: not valid Unicode text (lone surrogate)") from None
+                if len(value) > cfg.max_entry_chars:
+                    raise HTTPException(422, f"entries[{i}].{name}: {len(value)} characters, over the limit of {cfg.max_entry_chars}")
+            if "id" in entry:
+                if not re.fullmatch(ENTRY_ID_PATTERN, entry["id"]):
+                    raise HTTPException(422, f"entries[{i}].id: use letters, digits, '_', '.', ':', '-' (at most 64)")
+            if "date" in entry:
+                try:
+                    if len(entry["date"]) != 10:
+                        raise ValueError
+                    date.fromisoformat(entry["date"])
+                except ValueError:
+                    raise HTTPException(422, f"entries[{i}].date: '{entry['date'][:20]}' is not a date YYYY-MM-DD") from None
+            out.append(dict(entry))
+        return out
+
+    @app.post("/v1/users/{user_id}/entries", status_code=201, response_model=EntriesAdded, tags=["profiles"],
+              summary="Add profile entries (all or none); answered once committed")
+    def add_entries(body: AddEntries, user_id: str = Depends(owner)):
+        task = task_or_422(body.task)
+        entries = check_entries(task, body.entries)
+        ids, version = store.add_entries(user_id, task.name, entries, cfg.max_entries_per_user)
+        return EntriesAdded(user_id=user_id, task=task.name, ids=ids, version=version)
+
+    @app.get("/v1/users/{user_id}/entries", response_model=EntryList, tags=["profiles"],
+             summary="List profile entries, optionally of one task")
+    def list_entries(user_id: str = Depends(owner), task: str | None = Query(None)):
+        name = task_or_422(task).name if task is not None else None
+        version = store.version(user_id)
+        return EntryList(user_id=user_id, version=version, entries=store.list_entries(user_id, name))
+
+    @app.delete("/v1/users/{user_id}/entries/{entry_id}", response_model=EntryDeleted, tags=["profiles"],
+                summary="Delete one profile entry")
+    def delete_entry(entry_id: str = PathParam(pattern=ENTRY_ID_PATTERN), user_id: str = Depends(owner)):
+        version = store.delete_entry(user_id, entry_id)
+        return EntryDeleted(user_id=user_id, deleted=entry_id, version=version)
+
+    # --- generation ----------------------------------------------------------------------
+
+    @app.post("/v1/users/{user_id}/generate", response_model=GenerateResponse, tags=["generation"],
+              summary="Retrieve from this user's entries, run the policy, return answer and reasoning")
+    async def generate(body: GenerateRequest, user_id: str = Depends(owner)):
+        started = time.perf_counter()
+        task = task_or_422(body.task)
+        retriever = body.retriever or cfg.retriever
+        if retriever not in cfg.retrievers:
+            raise HTTPException(422, f"retriever '{retriever}' is not offered; use one of {', '.join(cfg.retrievers)}")
+        k = cfg.k if body.k is None else body.k
+        if not 0 <= k <= cfg.max_k:
+            raise HTTPException(422, f"k must be in 0..{cfg.max_k}, got {k}")
+        if len(body.input) > cfg.max_input_chars:
+            raise HTTPException(422, f"input has {len(body.input)} characters, over the limit of {cfg.max_input_chars}")
+        engine = state.engine
+        if engine is None:
+            reason = (f"the model failed to load: {state.load_error}" if state.load_error else
+                      "this server runs without a model (--model none)" if state.model_name == NO_MODEL else
+                      "the model is loading")
+            raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "5"})
+        try:
+            prepared = await run_in_threadpool(engine.retrieve, user_id, task.name, body.input, retriever, k)
+        except PrlmError as err:  # e.g. the dense encoder is not installed
+            raise HTTPException(422, str(err)) from None
+        try:
+            result, info = await state.batcher.submit(prepared)
+        except QueueFull as err:
+            raise HTTPException(429, str(err), headers={"Retry-After": "1"}) from None
+        total = (time.perf_counter() - started) * 1000
+        return GenerateResponse(
+            user_id=user_id, task=task.name, answer=result.answer, reasoning=result.reasoning,
+            retrieved=[Hit(**h) for h in result.retrieved], retriever=retriever, k=k, method=cfg.method,
+            model=state.model_name, batch_size=info.batch_size, prompt_tokens=result.prompt_tokens,
+            timings=Timings(retrieval_ms=round(prepared.retrieval_ms, 2), queue_ms=round(info.queue_ms, 2),
+                            prompt_ms=round(result.prompt_ms, 2),
+                            generation_ms=round(info.batch_ms - result.prompt_ms * info.batch_size, 2),
+                            total_ms=round(total, 2)))
+
+    # --- operations -------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: model loaded, database intact, batcher running")
+    def readyz():
+        db = store.check()
+        problems = []
+        if state.engine is None and state.model_name != NO_MODEL:
+            problems.append(f"model failed to load: {state.load_error}" if state.load_error else "model loading")
+        if db != "ok":
+            problems.append(f"database: {db}")
+        if not state.batcher.running:
+            problems.append("batcher stopped")
+        body = {"ready": not problems, "model": state.model_name, "db": db, "problems": problems}
+        return SafeJSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
+    def metrics():
+        text = state.metrics.render({"prlm_generate_queue_waiting": state.batcher.waiting,
+                                     "prlm_ready": int(state.engine is not None)})
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index():
+        return HTMLResponse(page)
+
+    # The last added is the outermost: metrics see every answer (413 and 401 included),
+    # the body limit runs before authentication, authentication before any parsing.
+    app.add_middleware(_Authenticate, state=state)
+    app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(BaseHTTPMiddleware, dispatch=_measure)
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """`prlm serve`: open the store, check the admin token, run uvicorn until stopped."""
+    import uvicorn
+
+    from prlm.serving.auth import load_admin_token
+    from prlm.serving.store import SQLiteProfileStore
+
+    admin_token = load_admin_token(cfg.admin_token_file)
+    model = cfg.resolved_model()
+    if model != NO_MODEL and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+        raise PrlmError(f"model folder '{model}' not found")
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = SQLiteProfileStore(cfg.db)
+    log.info("profiles in %s; %s", cfg.db, "no model: generate answers 503" if model == NO_MODEL
+             else f"model '{model}' loads in the background (/readyz says when it is ready)")
+    app = create_app(cfg, store, admin_token, model_name=model)
+    try:
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False)
+    finally:
+        store.close()

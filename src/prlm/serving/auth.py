@@ -1,0 +1,64 @@
+"""Bearer tokens: one admin token (from the environment or a file), one token per user.
+
+Tokens are 256-bit random strings, so a plain SHA-256 is enough to store them:
+there is nothing to brute-force that a slow hash would protect. Only hashes
+are stored; comparisons against the admin token are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from prlm import PrlmError
+
+ADMIN_ENV = "PRLM_ADMIN_TOKEN"
+MIN_ADMIN_TOKEN_CHARS = 16
+USER_TOKEN_PREFIX = "prlm_u_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_user_token() -> str:
+    return USER_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def load_admin_token(token_file: str = "") -> str:
+    """The admin token from `token_file`, else from $PRLM_ADMIN_TOKEN; never a default."""
+    if token_file:
+        path = Path(token_file)
+        if not path.is_file():
+            raise PrlmError(f"admin token file '{token_file}' not found")
+        token = path.read_text(encoding="utf-8").strip()
+        source = f"admin token file '{token_file}'"
+    else:
+        token = os.environ.get(ADMIN_ENV, "").strip()
+        source = f"${ADMIN_ENV}"
+        if not token:
+            raise PrlmError(f"no admin token: set {ADMIN_ENV} or pass --admin-token-file FILE "
+                            f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > admin.token)")
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise PrlmError(f"the admin token from {source} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one")
+    if token.startswith(USER_TOKEN_PREFIX):
+        raise PrlmError(f"the admin token from {source} must not start with '{USER_TOKEN_PREFIX}' (user tokens do)")
+    return token
+
+
+class Authenticator:
+    """Maps a bearer token to ('admin', None) or ('user', user_id), or None."""
+
+    def __init__(self, admin_token: str, store):
+        self._admin_hash = hash_token(admin_token)
+        self.store = store
+
+    def identify(self, token: str) -> tuple[str, str | None] | None:
+        digest = hash_token(token)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return "admin", None
+        user = self.store.user_for_token_hash(digest)
+        return ("user", user) if user is not None else None

@@ -1,0 +1,82 @@
+"""ServeConfig: every option of `prlm serve`, with its help text and checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prlm import PrlmError
+from prlm.config import check_choice, opt
+
+# Where `make demo` leaves its trained policy; `--model auto` serves it when present.
+TRAINED_DEFAULT = "runs/demo/train/final"
+BASE_MODEL = "smollm2-135m"
+NO_MODEL = "none"
+
+
+@dataclass
+class ServeConfig:
+    model: str = opt("auto", f"Policy: 'auto' (the trained PrLM checkpoint {TRAINED_DEFAULT} when it exists, "
+                             f"else the base model {BASE_MODEL}), a local folder, a model name, or 'none' "
+                             f"(profiles only: generate answers 503).")
+    db: str = opt("profiles.sqlite", "SQLite database of users and profiles (created when missing, WAL mode).")
+    host: str = opt("127.0.0.1", "Address to listen on.")
+    port: int = opt(8000, "Port to listen on.")
+    admin_token_file: str = opt("", "File holding the admin token (else env PRLM_ADMIN_TOKEN; there is no default).")
+    method: str = opt("prlm", "Prompt style: prlm (reasoning then answer), rag, or no-profile.")
+    retriever: str = opt("bm25", "Default retriever when a request names none.")
+    allowed_retrievers: str = opt("none,random,recency,bm25,bm25s,dense", "Comma-separated retrievers a request may ask for.")
+    k: int = opt(4, "Default number of profile entries retrieved.")
+    max_k: int = opt(16, "Largest k a request may ask for.")
+    backend: str = opt("hf", "Generation backend: hf (transformers), vllm, or auto.")
+    device: str = opt("auto", "Device: cpu, cuda, or auto.")
+    max_prompt_tokens: int = opt(1024, "Token limit of a prompt (entries share what the input leaves).")
+    max_new_tokens: int = opt(96, "Tokens generated at most per answer.")
+    temperature: float = opt(0.0, "0 for greedy decoding.")
+    seed: int = opt(0, "Seed for sampling and random retrieval.")
+    max_batch: int = opt(8, "Most generation requests run in one batch.")
+    batch_window_ms: float = opt(20.0, "How long the first request of a batch waits for others to join it.")
+    max_queue: int = opt(256, "Generation requests waiting at most; beyond it requests get 429.")
+    max_body_bytes: int = opt(65536, "Largest request body accepted (413 beyond).")
+    max_entry_chars: int = opt(8000, "Longest value of one entry field.")
+    max_entries_per_user: int = opt(2000, "Most profile entries one user may hold.")
+    max_entries_per_request: int = opt(100, "Most entries one add request may carry.")
+    max_input_chars: int = opt(8000, "Longest generation input.")
+    log_level: str = opt("info", "uvicorn log level: critical, error, warning, info, debug.")
+
+    def __post_init__(self):
+        from prlm.prompts import STYLES
+        from prlm.retrieval import METHODS
+
+        check_choice("method", self.method, STYLES)
+        check_choice("backend", self.backend, ("auto", "hf", "vllm"))
+        check_choice("log_level", self.log_level, ("critical", "error", "warning", "info", "debug"))
+        for name in self.retrievers:
+            check_choice("allowed_retrievers item", name, METHODS)
+        check_choice("retriever", self.retriever, self.retrievers)
+        if not self.db:
+            raise PrlmError("db is required: pass --db profiles.sqlite")
+        if not 0 <= self.port <= 65535:
+            raise PrlmError(f"port must be in 0..65535, got {self.port}")
+        for name in ("max_k", "max_prompt_tokens", "max_new_tokens", "max_batch", "max_queue", "max_body_bytes",
+                     "max_entry_chars", "max_entries_per_user", "max_entries_per_request", "max_input_chars"):
+            if getattr(self, name) < 1:
+                raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.k <= self.max_k:
+            raise PrlmError(f"k must be in 0..max_k ({self.max_k}), got {self.k}")
+        if self.temperature < 0:
+            raise PrlmError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.batch_window_ms < 0:
+            raise PrlmError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
+        if self.admin_token_file and not Path(self.admin_token_file).is_file():
+            raise PrlmError(f"admin_token_file '{self.admin_token_file}' not found")
+
+    @property
+    def retrievers(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.allowed_retrievers.split(",") if x.strip())
+
+    def resolved_model(self) -> str:
+        """The policy to load: `auto` prefers the trained checkpoint."""
+        if self.model != "auto":
+            return self.model
+        return TRAINED_DEFAULT if (Path(TRAINED_DEFAULT) / "config.json").is_file() else BASE_MODEL

@@ -1,0 +1,256 @@
+"""Per-user profile storage: the `ProfileStore` interface and its SQLite implementation.
+
+The server only talks to `ProfileStore`, so a server database (PostgreSQL...)
+can replace SQLite by implementing the same methods. Every write method returns
+only after its transaction is committed: the API acknowledges a write only
+once it is durable.
+
+Each user has a `version` bumped in the same transaction as any change to their
+entries; retrieval indexes are keyed by it, so a changed profile is never
+served from a stale index.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prlm import PrlmError
+
+
+class StoreError(Exception):
+    """A request the store refuses (maps to a 4xx); `status` says which."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ProfileStore(ABC):
+    """Users, their token hashes, and their profile entries (per task)."""
+
+    @abstractmethod
+    def create_user(self, user_id: str, token_hash: str) -> None:
+        """Add a user; StoreError(409) when the id is taken."""
+
+    @abstractmethod
+    def set_token_hash(self, user_id: str, token_hash: str) -> None:
+        """Replace a user's token (the old one stops working); StoreError(404) for an unknown user."""
+
+    @abstractmethod
+    def user_for_token_hash(self, token_hash: str) -> str | None: ...
+
+    @abstractmethod
+    def user_exists(self, user_id: str) -> bool: ...
+
+    @abstractmethod
+    def add_entries(self, user_id: str, task: str, entries: list[dict], max_entries: int) -> tuple[list[str], int]:
+        """Add entries atomically (all or none); returns (ids, new version).
+
+        Entries without an `id` get a fresh one; StoreError(409) when an id is
+        taken or the user would hold more than `max_entries`.
+        """
+
+    @abstractmethod
+    def delete_entry(self, user_id: str, entry_id: str) -> int:
+        """Delete one entry; returns the new version; StoreError(404) when absent."""
+
+    @abstractmethod
+    def list_entries(self, user_id: str, task: str | None = None) -> list[dict]:
+        """Entries in insertion order: {id, task, created, fields...}."""
+
+    @abstractmethod
+    def snapshot(self, user_id: str, task: str) -> tuple[int, list[dict]]:
+        """(version, entries of `task`) read in one transaction."""
+
+    @abstractmethod
+    def version(self, user_id: str) -> int: ...
+
+    @abstractmethod
+    def check(self) -> str:
+        """'ok' when the database answers and is intact, else what is wrong."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    version INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    entry_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    created TEXT NOT NULL,
+    UNIQUE (user_id, entry_id)
+);
+CREATE INDEX IF NOT EXISTS entries_user_task ON entries (user_id, task, seq);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class SQLiteProfileStore(ProfileStore):
+    """SQLite in WAL mode with synchronous=FULL: a committed write survives a crash.
+
+    One connection per thread (sqlite3 connections must not be shared across
+    threads); writes take the write lock up front (BEGIN IMMEDIATE) so that two
+    writers never deadlock upgrading a read lock.
+    """
+
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000):
+        self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        if self.path != ":memory:":
+            parent = Path(self.path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise PrlmError(f"database folder '{parent}' does not exist; create it or pass another --db")
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        conn = self._conn()
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal" and self.path != ":memory:":
+            raise PrlmError(f"database '{self.path}' could not switch to WAL mode (got '{mode}')")
+        conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                # isolation_level=None: transactions are explicit (BEGIN ... COMMIT).
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000,
+                                       check_same_thread=False)  # close() runs on another thread
+            except sqlite3.Error as err:
+                raise PrlmError(f"cannot open database '{self.path}': {err}") from None
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _write(self, fn):
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _read(self, fn):
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def create_user(self, user_id: str, token_hash: str) -> None:
+        def op(conn):
+            if conn.execute("SELECT 1 FROM users WHERE user_id=?", (user_id,)).fetchone():
+                raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST /v1/users/{user_id}/token")
+            conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (?, ?, ?)", (user_id, token_hash, _now()))
+
+        self._write(op)
+
+    def set_token_hash(self, user_id: str, token_hash: str) -> None:
+        def op(conn):
+            cur = conn.execute("UPDATE users SET token_hash=? WHERE user_id=?", (token_hash, user_id))
+            if cur.rowcount == 0:
+                raise StoreError(404, f"no user '{user_id}'")
+
+        self._write(op)
+
+    def user_for_token_hash(self, token_hash: str) -> str | None:
+        row = self._conn().execute("SELECT user_id FROM users WHERE token_hash=?", (token_hash,)).fetchone()
+        return row[0] if row else None
+
+    def user_exists(self, user_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM users WHERE user_id=?", (user_id,)).fetchone() is not None
+
+    def add_entries(self, user_id: str, task: str, entries: list[dict], max_entries: int) -> tuple[list[str], int]:
+        def op(conn):
+            count = conn.execute("SELECT COUNT(*) FROM entries WHERE user_id=?", (user_id,)).fetchone()[0]
+            if count + len(entries) > max_entries:
+                raise StoreError(409, f"a profile holds at most {max_entries} entries; this user has {count} "
+                                      f"and the request adds {len(entries)}: delete some first")
+            ids, now = [], _now()
+            for entry in entries:
+                fields = {k: v for k, v in entry.items() if k != "id"}
+                entry_id = entry.get("id") or "e" + secrets.token_hex(6)
+                try:
+                    conn.execute("INSERT INTO entries (user_id, entry_id, task, fields, created) VALUES (?, ?, ?, ?, ?)",
+                                 (user_id, entry_id, task, json.dumps(fields, ensure_ascii=False), now))
+                except sqlite3.IntegrityError:
+                    raise StoreError(409, f"entry id '{entry_id}' already exists in this profile") from None
+                ids.append(entry_id)
+            conn.execute("UPDATE users SET version=version+1 WHERE user_id=?", (user_id,))
+            return ids, conn.execute("SELECT version FROM users WHERE user_id=?", (user_id,)).fetchone()[0]
+
+        return self._write(op)
+
+    def delete_entry(self, user_id: str, entry_id: str) -> int:
+        def op(conn):
+            cur = conn.execute("DELETE FROM entries WHERE user_id=? AND entry_id=?", (user_id, entry_id))
+            if cur.rowcount == 0:
+                raise StoreError(404, f"no entry '{entry_id}' in this profile")
+            conn.execute("UPDATE users SET version=version+1 WHERE user_id=?", (user_id,))
+            return conn.execute("SELECT version FROM users WHERE user_id=?", (user_id,)).fetchone()[0]
+
+        return self._write(op)
+
+    @staticmethod
+    def _rows(conn, user_id: str, task: str | None) -> list[dict]:
+        sql, args = "SELECT entry_id, task, fields, created FROM entries WHERE user_id=?", [user_id]
+        if task is not None:
+            sql, args = sql + " AND task=?", args + [task]
+        rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+        return [{"id": eid, "task": t, "created": created, **json.loads(fields)} for eid, t, fields, created in rows]
+
+    def list_entries(self, user_id: str, task: str | None = None) -> list[dict]:
+        return self._read(lambda conn: self._rows(conn, user_id, task))
+
+    def snapshot(self, user_id: str, task: str) -> tuple[int, list[dict]]:
+        def op(conn):
+            row = conn.execute("SELECT version FROM users WHERE user_id=?", (user_id,)).fetchone()
+            if row is None:
+                raise StoreError(404, f"no user '{user_id}'")
+            return row[0], self._rows(conn, user_id, task)
+
+        return self._read(op)
+
+    def version(self, user_id: str) -> int:
+        row = self._conn().execute("SELECT version FROM users WHERE user_id=?", (user_id,)).fetchone()
+        if row is None:
+            raise StoreError(404, f"no user '{user_id}'")
+        return row[0]
+
+    def check(self) -> str:
+        # quick_check: the cheap form of integrity_check, fit for a readiness probe.
+        rows = self._conn().execute("PRAGMA quick_check").fetchall()
+        return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows)
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
