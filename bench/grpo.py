@@ -1,9 +1,16 @@
 """GRPO step: prlm's step (shared-prefix rollouts + prefix-shared log-prob
-passes) against stock TRL GRPOTrainer, same model, data, batch, lengths, beta
-and seed, on the real-data recipe's prompts (git-commit-subject, bm25, k=4).
+passes) against stock TRL GRPOTrainer with the same model, data, batch,
+lengths, beta and seed, on the CPU real-data recipe's prompts
+(git-commit-subject train questions, bm25, k=4, 512-token prompts).
 
-Each side runs in its own subprocess so that its peak RSS is its own.
-Run one side alone: python -m bench.grpo --side prlm --steps 3
+Each side trains in its own subprocess so that its peak RSS is its own; the
+first step of each side is a warm-up and is not timed. With the same seed both
+sides sample the same tokens (both draw with torch.multinomial from the same
+probabilities), so they do the same work; the mean completion length is
+recorded to show it. A second, in-process profile times the two parts of a
+step that prlm replaces: the rollout and the policy's forward + backward.
+
+One side alone: python -m bench.grpo --side prlm --steps 3
 """
 
 from __future__ import annotations
@@ -12,66 +19,134 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-DATA = "../shared/data/git-commit-subject"
+from bench.common import DEFAULT_DATA, add_size_options, choose_sizes, comparison, measurement
+
 SIDES = {"stock-trl": dict(rollout="trl", prefix_sharing=False),
          "prlm": dict(rollout="shared-prefix", prefix_sharing=True)}
+FULL = {"grpo_steps": 4, "grpo_prompts": 2, "grpo_group": 4, "grpo_completion_tokens": 96,
+        "grpo_prompt_tokens": 512, "grpo_beta": 0.0}
+QUICK = {**FULL, "grpo_steps": 2, "grpo_completion_tokens": 16, "grpo_prompt_tokens": 256}
+HELP = {"grpo_steps": "GRPO steps per side (the first is a warm-up, not timed)",
+        "grpo_prompts": "distinct prompts per step", "grpo_group": "completions per prompt (G)",
+        "grpo_completion_tokens": "max completion tokens", "grpo_prompt_tokens": "prompt token budget",
+        "grpo_beta": "KL coefficient (0 = no reference model, the recipe's value)"}
+TARGET = 2.0
 
 
-def recipe(quick: bool) -> dict:
-    """The CPU real-data recipe's step shape (configs/cpu-commit-subject.yaml)."""
-    return dict(task="commit-subject", data=DATA, limit=16, retriever="bm25", k=4, max_prompt_tokens=512,
-                prompts_per_step=2, num_generations=4, max_completion_length=32 if quick else 96,
-                temperature=0.9, learning_rate=5e-6, beta=0.0, w_pers=0.0, sft_steps=0, seed=0,
-                report_to="none")
+def add_arguments(parser) -> None:
+    add_size_options(parser, FULL, QUICK, HELP)
 
 
-def run_side(side: str, steps: int, quick: bool) -> dict:
-    """Train `steps` GRPO steps in this process; per-step times and lengths from the step log."""
+def train_config(sizes: dict, data: str, side: str, out: str):
     from prlm.training.config import TrainConfig
+
+    return TrainConfig(task="commit-subject", data=data, limit=8 * sizes["grpo_prompts"], retriever="bm25", k=4,
+                       max_prompt_tokens=sizes["grpo_prompt_tokens"], prompts_per_step=sizes["grpo_prompts"],
+                       num_generations=sizes["grpo_group"], max_completion_length=sizes["grpo_completion_tokens"],
+                       beta=sizes["grpo_beta"], temperature=0.9, learning_rate=5e-6, w_pers=0.0, sft_steps=0,
+                       seed=0, report_to="none", out=out, max_steps=sizes["grpo_steps"], save_steps=10_000,
+                       **SIDES[side])
+
+
+def run_side(side: str, sizes: dict, data: str) -> dict:
+    """Train in this process; per-step wall times and completion lengths from the step log."""
     from prlm.training.grpo import train_grpo
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(**recipe(quick), **SIDES[side], out=out, max_steps=steps, save_steps=10_000)
-        train_grpo(cfg)
+        train_grpo(train_config(sizes, data, side, out))
         rows = [json.loads(line) for line in (Path(out) / "train_log.jsonl").read_text().splitlines()]
     return {"step_s": [r["step_time_s"] for r in rows],
             "completion_tokens_mean": [r.get("completions/mean_length") for r in rows],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
 
-def run(quick: bool = False, steps: int | None = None) -> dict:
-    """Both sides, each in a subprocess; the first step of each is a warm-up and not counted."""
-    steps = steps or (2 if quick else 4)
-    results = {}
-    for side in SIDES:
-        cmd = [sys.executable, "-m", "bench.grpo", "--side", side, "--steps", str(steps)] + (["--quick"] if quick else [])
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        if done.returncode != 0:
-            raise RuntimeError(f"GRPO bench side {side} failed:\n{done.stderr[-3000:]}")
-        results[side] = json.loads(done.stdout.strip().splitlines()[-1])
-        timed = results[side]["step_s"][1:] or results[side]["step_s"]
-        results[side]["median_step_s"] = statistics.median(timed)
-    results["speedup"] = results["stock-trl"]["median_step_s"] / results["prlm"]["median_step_s"]
-    results["config"] = {**recipe(quick), "steps": steps, "timed_steps": "all but the first"}
-    return results
+def side_in_subprocess(side: str, sizes: dict, data: str) -> dict:
+    cmd = [sys.executable, "-m", "bench.grpo", "--side", side, "--sizes", json.dumps(sizes), "--data", data]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"GRPO bench side {side} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def profile_parts(sizes: dict, data: str, repeats: int) -> dict:
+    """Median seconds of a rollout and of the policy's forward + backward, stock vs prlm, on one batch."""
+    import statistics
+
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from prlm.models import load_policy
+    from prlm.training.grpo import training_rows
+    from prlm.training.prefix_sharing import prefix_shared_logps
+    from prlm.training.rollout import sample_shared_prefix
+
+    model, tok = load_policy("smollm2-135m", device="cpu")
+    rows = training_rows(train_config(sizes, data, "prlm", "unused"), tok)
+    prompts, group, new = [r["prompt"] for r in rows[:sizes["grpo_prompts"]]], sizes["grpo_group"], sizes[
+        "grpo_completion_tokens"]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    times = {}
+
+    def timed(name, work):
+        runs = []
+        for _ in range(repeats):
+            model.zero_grad()
+            start = time.perf_counter()
+            work()
+            runs.append(time.perf_counter() - start)
+        times[name] = round(statistics.median(runs), 3)
+
+    # Rollouts run to the full length (no EOS) so both sides decode the same number of tokens.
+    timed("rollout, HF generate(num_return_sequences=G)", lambda: model.generate(
+        **enc, do_sample=True, temperature=0.9, num_return_sequences=group, max_new_tokens=new, min_new_tokens=new))
+    timed("rollout, shared prefix", lambda: sample_shared_prefix(
+        model, tok, prompts, [group] * len(prompts), new, temperature=0.9, eos_token_ids=(-1,)))
+    ids = torch.cat([enc["input_ids"].repeat_interleave(group, 0),
+                     torch.randint(100, 10_000, (len(prompts) * group, new))], 1)
+    mask = torch.cat([enc["attention_mask"].repeat_interleave(group, 0), torch.ones(len(prompts) * group, new,
+                                                                                   dtype=torch.long)], 1)
+    add_fused_lm_head(model, temperature=0.9, outputs=("log_probs", "entropy"))
+    model.train()
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-new] = -100
+    timed("policy forward + backward, TRL (every row in full)", lambda: model(
+        input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -new:].sum().backward())
+    timed("policy forward + backward, prefix-shared", lambda: prefix_shared_logps(
+        model, ids, mask, new, 0.9, True)[0].sum().backward())
+    return times
+
+
+def run(quick: bool, args=None) -> dict:
+    sizes = choose_sizes(args, FULL, QUICK, quick)
+    data = getattr(args, "data", None) or str(DEFAULT_DATA)
+    repeats = getattr(args, "repeats", None) or (1 if quick else 3)
+    sides = {side: side_in_subprocess(side, sizes, data) for side in SIDES}
+    measured = {side: measurement(side, r["step_s"][1:] or r["step_s"], 1, "steps/s",
+                                  peak_rss_gb=r["peak_rss_gb"], completion_tokens_mean=r["completion_tokens_mean"])
+                for side, r in sides.items()}
+    step = comparison("GRPO step (seconds per step)", measured["stock-trl"], measured["prlm"], target=TARGET)
+    rss = {f"peak RSS of the {side} training process, GB": r["peak_rss_gb"] for side, r in sides.items()}
+    rss.update({f"mean completion tokens per step, {side}": r["completion_tokens_mean"] for side, r in sides.items()})
+    parts = profile_parts(sizes, data, repeats)
+    notes = [] if step["target_met"] else [
+        f"GRPO step target not met: {step['ratio']:.2f}x. Where the time goes is in the profile of the parts above."]
+    return {"title": "GRPO step", "sizes": {**sizes, "repeats (parts profile)": repeats}, "comparisons": [step],
+            "profile": {"memory and work": rss, "the parts prlm replaces, median seconds": parts}, "notes": notes}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--side", choices=sorted(SIDES), help="run one side in this process and print its JSON")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--side", choices=sorted(SIDES), required=True, help="run one side and print its JSON")
+    parser.add_argument("--sizes", default=json.dumps(FULL), help="JSON of the section's sizes")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
     args = parser.parse_args()
-    if args.side:
-        print(json.dumps(run_side(args.side, args.steps or 4, args.quick)))
-    else:
-        print(json.dumps(run(args.quick, args.steps), indent=2))
+    print(json.dumps(run_side(args.side, json.loads(args.sizes), args.data)))
 
 
 if __name__ == "__main__":

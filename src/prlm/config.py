@@ -65,9 +65,12 @@ class EvalConfig(GenerationConfig):
     limit: int = opt(0, "Evaluate only the first N questions (0 = all).")
     out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
     allow_empty_profiles: bool = opt(False, "Accept questions whose profile is empty.")
+    force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
 
     def __post_init__(self):
         super().__post_init__()
+        if self.force_answer_tokens < 0:
+            raise PrlmError(f"force_answer_tokens must be >= 0 (0 = off), got {self.force_answer_tokens}")
         from prlm.data.lamp import SPLITS
         from prlm.data.tasks import get_task
         from prlm.prompts import STYLES

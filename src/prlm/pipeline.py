@@ -42,23 +42,30 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
 
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             seed=cfg.seed, stop=["</answer>"] if cfg.method == "prlm" else [])
-    completions = generator.generate([p.text for p in prompts], params, progress=progress,
-                                     desc=f"{cfg.method} on {cfg.split}")
-    parsed = [parse_completion(c[0], cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
+    completions = [c[0] for c in generator.generate([p.text for p in prompts], params, progress=progress,
+                                                    desc=f"{cfg.method} on {cfg.split}")]
+    formatted = [has_reasoning_format(c, p.prefill) for c, p in zip(completions, prompts)]
+    parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
+    forced = set()
+    if cfg.method == "prlm" and cfg.force_answer_tokens:
+        forced = {i for i, result in enumerate(parsed) if not result.answer}
+        completions = force_answers(generator, prompts, completions, sorted(forced), cfg, progress)
+        parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
     per_example, means = score_predictions({ex.id: r.answer for ex, r in zip(dataset.examples, parsed)},
                                            {ex.id: ex.gold for ex in dataset.examples})
     rows = []
-    for ex, hits, prompt, completion, result in zip(dataset.examples, retrieved, prompts, completions, parsed):
+    for index, (ex, hits, prompt, completion, result) in enumerate(
+            zip(dataset.examples, retrieved, prompts, completions, parsed)):
         rows.append({
             "id": ex.id, "user_id": ex.user_id, "retrieved": hits[:prompt.entries_used],
-            "prompt": prompt.user, "prompt_tokens": prompt.num_tokens, "completion": completion[0],
+            "prompt": prompt.user, "prompt_tokens": prompt.num_tokens, "completion": completion,
             "reasoning": result.reasoning, "answer": result.answer, "gold": ex.gold,
             "metrics": per_example[ex.id],
+            **({"format_ok": formatted[index], "forced_answer": index in forced} if cfg.method == "prlm" else {}),
         })
     summary = {
         "name": Path(cfg.out).name,
-        **({"format_rate": sum(has_reasoning_format(r["completion"], p.prefill) for r, p in zip(rows, prompts)) / len(rows)}
-           if cfg.method == "prlm" else {}),
+        **({"format_rate": sum(formatted) / len(rows), "forced_answers": len(forced)} if cfg.method == "prlm" else {}),
         "task": task.name,
         "data": str(cfg.data),
         "split": cfg.split,
@@ -73,6 +80,28 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     }
     write_run(cfg.out, rows, summary, task.name)
     return summary
+
+
+ANSWER_FORCING = "</think>\n<answer>"
+
+
+def force_answers(generator, prompts, completions: list[str], todo: list[int], cfg: EvalConfig,
+                  progress: bool) -> list[str]:
+    """Budget forcing: completions `todo` gave no answer (they ran out of tokens
+    in the reasoning, say); each gets its reasoning closed and the answer tag
+    opened, and the model writes the answer, greedily."""
+    if not todo:
+        return completions
+    heads = [completions[i] + ("\n<answer>" if "</think>" in completions[i].lower() else ANSWER_FORCING)
+             for i in todo]
+    params = SamplingParams(max_new_tokens=cfg.force_answer_tokens, temperature=0.0, seed=cfg.seed,
+                            stop=["</answer>"])
+    tails = generator.generate([prompts[i].text + head for i, head in zip(todo, heads)], params, progress=progress,
+                               desc="forcing answers")
+    completions = list(completions)
+    for i, head, tail in zip(todo, heads, tails):
+        completions[i] = head + tail[0]
+    return completions
 
 
 def rescore_run(path: str | Path) -> dict:
