@@ -29,10 +29,12 @@ from bench.common import DEFAULT_DATA, add_size_options, choose_sizes, compariso
 
 SIDES = {"stock-trl": dict(rollout="trl", prefix_sharing=False),
          "prlm": dict(rollout="shared-prefix", prefix_sharing=True)}
-FULL = {"grpo_steps": 4, "grpo_prompts": 2, "grpo_group": 4, "grpo_completion_tokens": 96,
+FULL = {"grpo_policy": "smollm2-135m", "grpo_device": "cpu", "grpo_steps": 4, "grpo_prompts": 2, "grpo_group": 4, "grpo_completion_tokens": 96,
         "grpo_prompt_tokens": 512, "grpo_beta": 0.0}
 QUICK = {**FULL, "grpo_steps": 2, "grpo_completion_tokens": 16, "grpo_prompt_tokens": 256}
-HELP = {"grpo_steps": "GRPO steps per side (the first is a warm-up, not timed)",
+HELP = {"grpo_policy": "policy: 'smollm2-135m' (embedded), a local folder or a Hugging Face id",
+        "grpo_device": "cpu (fp32) or cuda (bf16 autocast, as the GPU recipe)",
+        "grpo_steps": "GRPO steps per side (the first is a warm-up, not timed)",
         "grpo_prompts": "distinct prompts per step", "grpo_group": "completions per prompt (G)",
         "grpo_completion_tokens": "max completion tokens", "grpo_prompt_tokens": "prompt token budget",
         "grpo_beta": "KL coefficient (0 = no reference model, the recipe's value)"}
@@ -51,7 +53,8 @@ def train_config(sizes: dict, data: str, side: str, out: str):
                        num_generations=sizes["grpo_group"], max_completion_length=sizes["grpo_completion_tokens"],
                        beta=sizes["grpo_beta"], temperature=0.9, learning_rate=5e-6, w_pers=0.0, sft_steps=0,
                        seed=0, report_to="none", out=out, max_steps=sizes["grpo_steps"], save_steps=10_000,
-                       **SIDES[side])
+                       model=sizes["grpo_policy"], use_cpu=sizes["grpo_device"] == "cpu",
+                       bf16=sizes["grpo_device"] != "cpu", **SIDES[side])
 
 
 def run_side(side: str, sizes: dict, data: str) -> dict:
@@ -86,12 +89,15 @@ def profile_parts(sizes: dict, data: str, repeats: int) -> dict:
     from prlm.training.prefix_sharing import prefix_shared_logps
     from prlm.training.rollout import sample_shared_prefix
 
-    model, tok = load_policy("smollm2-135m", device="cpu")
+    device = sizes["grpo_device"]
+    model, tok = load_policy(sizes["grpo_policy"], device=device)
     rows = training_rows(train_config(sizes, data, "prlm", "unused"), tok)
     prompts, group, new = [r["prompt"] for r in rows[:sizes["grpo_prompts"]]], sizes["grpo_group"], sizes[
         "grpo_completion_tokens"]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     times = {}
+    with torch.inference_mode():  # first calls pay one-off costs (allocations, kernel selection): not timed
+        model.generate(**enc, do_sample=False, max_new_tokens=2)
 
     def timed(name, work):
         runs = []
@@ -99,6 +105,8 @@ def profile_parts(sizes: dict, data: str, repeats: int) -> dict:
             model.zero_grad()
             start = time.perf_counter()
             work()
+            if device != "cpu":
+                torch.cuda.synchronize()
             runs.append(time.perf_counter() - start)
         times[name] = round(statistics.median(runs), 3)
 
@@ -107,18 +115,26 @@ def profile_parts(sizes: dict, data: str, repeats: int) -> dict:
         **enc, do_sample=True, temperature=0.9, num_return_sequences=group, max_new_tokens=new, min_new_tokens=new))
     timed("rollout, shared prefix", lambda: sample_shared_prefix(
         model, tok, prompts, [group] * len(prompts), new, temperature=0.9, eos_token_ids=(-1,)))
+    rows_total = len(prompts) * group
     ids = torch.cat([enc["input_ids"].repeat_interleave(group, 0),
-                     torch.randint(100, 10_000, (len(prompts) * group, new))], 1)
-    mask = torch.cat([enc["attention_mask"].repeat_interleave(group, 0), torch.ones(len(prompts) * group, new,
-                                                                                   dtype=torch.long)], 1)
+                     torch.randint(100, 10_000, (rows_total, new), device=device)], 1)
+    mask = torch.cat([enc["attention_mask"].repeat_interleave(group, 0),
+                      torch.ones(rows_total, new, dtype=torch.long, device=device)], 1)
     add_fused_lm_head(model, temperature=0.9, outputs=("log_probs", "entropy"))
     model.train()
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :-new] = -100
-    timed("policy forward + backward, TRL (every row in full)", lambda: model(
-        input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -new:].sum().backward())
-    timed("policy forward + backward, prefix-shared", lambda: prefix_shared_logps(
-        model, ids, mask, new, 0.9, True)[0].sum().backward())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device != "cpu")
+
+    def stock_pass():
+        with autocast:
+            model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -new:].sum().backward()
+
+    def shared_pass():
+        with autocast:
+            prefix_shared_logps(model, ids, mask, new, 0.9, True)[0].sum().backward()
+    timed("policy forward + backward, TRL (every row in full)", stock_pass)
+    timed("policy forward + backward, prefix-shared", shared_pass)
     return times
 
 
