@@ -95,8 +95,12 @@ def _cmd_sft(args) -> None:
 def _cmd_sweep(args) -> None:
     from prlm.sweep import load_sweep_config, run_sweep
 
+    import shlex
+
     cfg = load_sweep_config(args.config, args.set)
-    status = run_sweep(cfg, report_only=args.report_only, into=args.into, command="prlm " + " ".join(sys.argv[1:]))
+    words = ["prlm", "sweep", args.config] + [w for item in args.set for w in ("--set", item)]
+    words += (["--report-only"] if args.report_only else []) + (["--into", args.into] if args.into else [])
+    status = run_sweep(cfg, report_only=args.report_only, into=args.into, command=shlex.join(words))
     ran = sum(v == "ran" for v in status.values())
     print(f"sweep: {ran} stage(s) ran, {len(status) - ran} skipped; report in {cfg.out}/report.md")
 
