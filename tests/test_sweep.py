@@ -142,3 +142,17 @@ def test_recipes_parse(tmp_path):
     full = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
     assert full.split == "test" and full.prlm_model == "runs/commit-subject/train/final"
     assert len(sweep_cells(full)) == 1 + 2 * 16 + 1 + len(full.extra_models)
+
+
+def test_ablation_recipes_remove_one_reward_term():
+    from prlm.config import build_config, load_yaml
+    from prlm.training.config import TrainConfig
+
+    study = load_yaml(REPO / "configs" / "cpu-commit-subject.yaml")["train"]
+    for name, removed in (("no-pers", "w_pers"), ("no-acc", "w_acc")):
+        cfg = build_config(TrainConfig, load_yaml(REPO / "configs" / f"train-commit-{name}.yaml"))
+        assert getattr(cfg, removed) == 0
+        # every other option as in the study's training
+        assert all(getattr(cfg, key) == value for key, value in study.items() if key != removed)
+    sweep = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
+    assert set(sweep.extra_models.values()) == {"runs/commit-subject-no-pers/final", "runs/commit-subject-no-acc/final"}

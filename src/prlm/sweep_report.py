@@ -194,7 +194,7 @@ def plot_retriever(ax, cfg: SweepConfig, results: list[Result], retriever: str) 
     if retriever == cfg.main_retriever:
         extras = [r for r in results if r.cell.method not in GRID_METHODS + ("no-profile",)]
         for offset, r in enumerate(extras):
-            ax.errorbar(r.cell.k + 0.12 * (offset + 1), r.mean, yerr=[[r.mean - r.low], [r.high - r.mean]],
+            ax.errorbar(r.cell.k * 2 ** (0.1 * (offset + 1)), r.mean, yerr=[[r.mean - r.low], [r.high - r.mean]],
                         fmt="s", capsize=3, label=r.cell.method)
     ax.set_xscale("log", base=2)
     ax.set_xticks(cfg.ks, [str(k) for k in cfg.ks])
@@ -288,8 +288,9 @@ def reading(cfg: SweepConfig, results: list[Result], grid_pairs, robust: dict, m
                             "no clear difference": "no clear difference between RL with explicit reasoning "
                                                    "and supervised tuning on the same data."}[verdict(result)])
         elif name.endswith(" vs prlm") and name.split(" vs ")[0] not in GRID_METHODS + ("no-profile", "sft"):
-            lines.append(f"Ablation {name.split(' vs ')[0]} minus prlm = {_ci(result)} "
-                         f"({verdict(result)} than the full reward).")
+            wording = {"higher": "above", "lower": "below", "no clear difference": "no clear difference from"}
+            lines.append(f"Ablation {name.split(' vs ')[0]} minus prlm = {_ci(result)}: "
+                         f"{wording[verdict(result)]} PrLM with its full reward.")
     formats = [r.summary["format_rate"] for r in results if "format_rate" in r.summary]
     if formats:
         forced = sum(r.summary.get("forced_answers", 0) for r in results) / \
@@ -403,7 +404,8 @@ def render_markdown(cfg: SweepConfig, results: list[Result], plots: list[Path], 
               "| retriever | k | " + " | ".join(grid_methods) + " | prlm - rag [95% interval] |",
               "|---|---|" + "---|" * (len(grid_methods) + 1)]
     pair_of = {(ret, k): p for ret, k, p in grid_pairs}
-    for ret, k in cfg.grid():
+    order = list(dict.fromkeys(cfg.retrievers + [cfg.main_retriever]))
+    for ret, k in sorted(cfg.grid(), key=lambda cell: (order.index(cell[0]), cell[1])):
         values = [table.get((m, ret, k)) for m in grid_methods]
         if not any(values):
             continue
