@@ -55,6 +55,12 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path, tiny_data, tiny_llam
         assert float(row["rougeL_low"]) <= float(row["rougeL"]) <= float(row["rougeL_high"])
     sft_row = next(r for r in rows if r["method"] == "sft")
     assert sft_row["prompt"] == "rag" and sft_row["model"].endswith("sft/final")
+    # sft learnt the train split's real outputs from RAG prompts of the main cell (bm25, k=2)
+    from prlm.data import load_split
+    golds = {ex.id: ex.gold for ex in load_split(tiny_data, "train", "synthetic").examples}
+    sft_rows = [json.loads(line) for line in (out / "sft" / "train_prompts.jsonl").open()]
+    assert {r["id"]: r["completion"] for r in sft_rows} == golds
+    assert all("<think>" not in r["prompt"] and len(r["retrieved_ids"]) == 2 for r in sft_rows)
     summary = json.loads((out / "cells" / "rag" / "recency-k1" / "summary.json").read_text())
     assert summary["config"]["retriever"] == "recency" and summary["environment"]["versions"]["torch"]
     # each cell read the stored ranking: k=1 takes the first entry of the k=2 ranking
