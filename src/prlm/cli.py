@@ -41,6 +41,14 @@ def _cmd_data_synth(args) -> None:
     print(f"wrote the synthetic task to {args.out}/ (train, dev, test in LaMP's layout, meta.json)")
 
 
+def _cmd_data_from_git(args) -> None:
+    from prlm.data.from_git import FromGitConfig, dataset_from_git
+
+    counts = dataset_from_git(args.repo, args.out, config_from_args(FromGitConfig, args))
+    print(f"wrote a commit-subject dataset to {args.out}/: " + ", ".join(f"{s} {n}" for s, n in counts.items())
+          + f" questions; check it with `prlm data check {args.out} --task commit-subject`")
+
+
 def _cmd_data_check(args) -> None:
     from prlm.data import SPLITS, load_split, split_stats
     from prlm.data.lamp import split_files
@@ -75,6 +83,26 @@ def _cmd_train(args) -> None:
 
     final = train_grpo(config_from_args(TrainConfig, args))
     print(f"trained policy saved to {final}/")
+
+
+def _cmd_sft(args) -> None:
+    from prlm.training.sft import SFTConfig, train_sft
+
+    final = train_sft(config_from_args(SFTConfig, args))
+    print(f"tuned model saved to {final}/; evaluate it with `prlm eval --method rag --model {final}`")
+
+
+def _cmd_sweep(args) -> None:
+    from prlm.sweep import load_sweep_config, run_sweep
+
+    import shlex
+
+    cfg = load_sweep_config(args.config, args.set)
+    words = ["prlm", "sweep", args.config] + [w for item in args.set for w in ("--set", item)]
+    words += (["--report-only"] if args.report_only else []) + (["--into", args.into] if args.into else [])
+    status = run_sweep(cfg, report_only=args.report_only, into=args.into, command=shlex.join(words))
+    ran = sum(v == "ran" for v in status.values())
+    print(f"sweep: {ran} stage(s) ran, {len(status) - ran} skipped; report in {cfg.out}/report.md")
 
 
 def _cmd_run(args) -> None:
@@ -128,12 +156,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", help="train, dev, test or all (default: all found)")
     p.add_argument("--allow-empty-profiles", action="store_true", help="accept questions with an empty profile")
     p.set_defaults(func=_cmd_data_check)
+    p = data.add_parser("from-git", help="build a commit-subject dataset (LaMP's schema, time-based split, "
+                                         "anonymised authors) from a local git repository")
+    p.add_argument("repo", help="root of a local git repository")
+    p.add_argument("out", help="folder to write (train, dev, test in LaMP's layout, meta.json)")
+    from prlm.data.from_git import FromGitConfig
+
+    add_config_args(p, FromGitConfig)
+    p.set_defaults(func=_cmd_data_from_git)
 
     p = sub.add_parser("train", help="train the policy with GRPO (optional supervised warm-up of the format first)")
     from prlm.training.config import TrainConfig
 
     add_config_args(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sft", help="the supervised baseline: fine-tune the policy with TRL's SFTTrainer on the "
+                                   "train split's real outputs, prompted as RAG")
+    from prlm.training.sft import SFTConfig
+
+    add_config_args(p, SFTConfig)
+    p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser("sweep", help="robustness study: no-profile, rag, prlm (and sft, ablations) across "
+                                     "retrievers and k, with CSV, plots and report; finished cells are skipped")
+    p.add_argument("config", help="sweep YAML (see configs/sweep-*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an option: --set limit=20 --set 'ks=[1,4]' (repeatable)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the cells finished so far, evaluating nothing")
+    p.add_argument("--into", metavar="MARKDOWN",
+                   help="also write the report as a section of this file (e.g. docs/results.md), plots copied beside it")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("run", help="the whole study from a YAML config: data, retrieval, reward model, GRPO, "
                                    "three methods evaluated, report; finished stages are skipped on rerun")

@@ -17,10 +17,11 @@ from prlm.retrieval import DenseRetriever, make_retriever
 from prlm.reward.format import has_reasoning_format
 
 
-def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None) -> dict:
+def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None, retriever=None) -> dict:
     """Evaluate one method on one split and write its run folder; returns the summary.
 
-    `generator`/`tokenizer` may be passed to reuse a loaded model across runs.
+    `generator`/`tokenizer` may be passed to reuse a loaded model across runs,
+    `retriever` to reuse retrievals computed once (e.g. `RankedRetriever`).
     """
     started = time.time()
     task = get_task(cfg.task)
@@ -28,7 +29,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
                          allow_empty_profiles=cfg.allow_empty_profiles, require_golds=True)
     if not dataset.examples:
         raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    if retriever is None:
+        retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
     if isinstance(retriever, DenseRetriever):
         retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
     if generator is None:

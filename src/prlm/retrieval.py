@@ -351,3 +351,33 @@ def make_retriever(method: str, task: Task, seed: int = 0, encoder: str = "minil
     if method == "dense":
         return DenseRetriever(task, encoder=encoder, device=device)
     raise PrlmError(f"unknown retriever '{method}'; use one of {', '.join(METHODS)}")
+
+
+def ranking_key(query: str, profile: Sequence[dict]) -> str:
+    """Identifies a (query, profile) pair in a stored ranking."""
+    import hashlib
+
+    return hashlib.sha256("\x1f".join([query, *(e["id"] for e in profile)]).encode()).hexdigest()[:20]
+
+
+class RankedRetriever(Retriever):
+    """Serves rankings computed once by another retriever (`rankings`: key ->
+    [(entry id, score)], best first), so that every k and method of a sweep
+    sees the same entries without retrieving again. Retrievers sort stably,
+    so the top k is the first k of a longer ranking."""
+
+    def __init__(self, task: Task, name: str, rankings: dict[str, list[tuple[str, float]]]):
+        super().__init__(task)
+        self.name, self.rankings = name, rankings
+
+    def __call__(self, query: str, profile: Sequence[dict], k: int) -> Retrieved:
+        ranking = self.rankings.get(ranking_key(query, profile))
+        if ranking is None:
+            raise PrlmError(f"no stored '{self.name}' ranking for a question of this split; "
+                            "the retrieval cache is out of date: rerun its retrieval stage")
+        if k > len(ranking) and len(ranking) < len(profile):
+            raise PrlmError(f"stored '{self.name}' rankings hold {len(ranking)} entries, {k} asked; "
+                            "rerun the retrieval stage with a larger k")
+        by_id = {e["id"]: e for e in profile}
+        top = ranking[:k]
+        return [by_id[i] for i, _ in top], [s for _, s in top]

@@ -67,7 +67,16 @@ class StudyConfig:
 
 def load_study_config(path: str, overrides: list[str] = ()) -> StudyConfig:
     """YAML plus `key=value` overrides; dotted keys reach sections (train.max_steps=5)."""
-    values = load_yaml(path)
+    values = apply_overrides(load_yaml(path), overrides)
+    names = {f.name for f in dataclasses.fields(StudyConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return StudyConfig(**values)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Set `key=value` items (values parsed as YAML) in `values`; dotted keys reach sections."""
     for item in overrides:
         if "=" not in item:
             raise PrlmError(f"override '{item}' must look like key=value (e.g. train.max_steps=5)")
@@ -79,11 +88,7 @@ def load_study_config(path: str, overrides: list[str] = ()) -> StudyConfig:
             if not isinstance(target, dict):
                 raise PrlmError(f"override '{item}': '{parent}' is not a section")
         target[leaf] = yaml.safe_load(raw)
-    names = {f.name for f in dataclasses.fields(StudyConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return StudyConfig(**values)
+    return values
 
 
 def fingerprint(obj) -> str:

@@ -201,6 +201,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
 
     from prlm.models import load_policy
 
+    started = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     resume_from = last_checkpoint(out) if cfg.resume else None
@@ -261,5 +262,6 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     policy.save_pretrained(final)
     tokenizer.save_pretrained(final)
     atomic_write_json(out / "train_summary.json", {"steps": trainer.state.global_step, "final": str(final),
+                                                   "wall_time_s": round(time.time() - started, 1),
                                                    "config": cfg.__dict__})
     return final

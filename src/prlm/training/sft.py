@@ -1,0 +1,121 @@
+"""The supervised baseline (`sft`): the policy fine-tuned with TRL's SFTTrainer
+on the train split's real outputs, prompted as RAG (same retriever and k).
+
+It answers the reviewer's first question about PrLM: does RL with explicit
+reasoning beat plain supervised tuning on the same data? The trained model is
+evaluated with the `rag` prompt (`prlm eval --method rag --model OUT/final`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prlm import PrlmError
+from prlm.config import check_choice, opt
+from prlm.io import atomic_write_json, atomic_write_jsonl
+
+
+@dataclass
+class SFTConfig:
+    task: str = opt("commit-subject", "Task name from the task table.")
+    data: str = opt("", "Dataset folder in LaMP's layout; training reads its train split.")
+    split: str = opt("train", "Split to train on.")
+    limit: int = opt(0, "Train on the first N questions only (0 = all).")
+    retriever: str = opt("bm25", "Profile retriever of the RAG prompt (use the evaluation's).")
+    k: int = opt(4, "Profile entries per prompt (use the evaluation's).")
+    encoder: str = opt("minilm", "Encoder for dense retrieval.")
+    max_prompt_tokens: int = opt(512, "Token limit of a prompt (entries share what the input leaves).")
+    max_answer_tokens: int = opt(48, "Tokens of the real output kept as the target (longer ones are cut).")
+    model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
+    epochs: float = opt(1.0, "Passes over the training questions (ignored when max_steps > 0).")
+    max_steps: int = opt(0, "Optimisation steps; 0 = run `epochs` passes.")
+    batch_size: int = opt(8, "Examples per optimisation step.")
+    learning_rate: float = opt(5e-5, "Learning rate (constant).")
+    out: str = opt("", "Output folder: final/ (the tuned model), sft_summary.json, train_prompts.jsonl.")
+    seed: int = opt(0, "Seed of shuffling and initialisation.")
+    use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
+    bf16: bool = opt(False, "bf16 mixed precision (GPUs).")
+    gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
+
+    def __post_init__(self):
+        from prlm.data.tasks import get_task
+        from prlm.retrieval import METHODS
+
+        get_task(self.task)
+        check_choice("retriever", self.retriever, METHODS)
+        if not self.data:
+            raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
+        if not self.out:
+            raise PrlmError("out is required: pass --out runs/NAME")
+        for name in ("batch_size", "max_prompt_tokens", "max_answer_tokens"):
+            if getattr(self, name) < 1:
+                raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("k", "limit", "max_steps"):
+            if getattr(self, name) < 0:
+                raise PrlmError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise PrlmError("set epochs > 0 or max_steps > 0 (how long to train)")
+        if self.learning_rate <= 0:
+            raise PrlmError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
+    """One row per training question: the RAG prompt and the user's real output."""
+    from prlm.data import get_task, load_split
+    from prlm.prompts import build_prompt
+    from prlm.retrieval import DenseRetriever, make_retriever
+
+    task = get_task(cfg.task)
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True)
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    if isinstance(retriever, DenseRetriever):
+        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
+    rows = []
+    for ex in dataset.examples:
+        entries, _ = retriever(ex.input, ex.profile, cfg.k)
+        prompt = build_prompt(task, ex.input, entries, "rag", tokenizer, cfg.max_prompt_tokens)
+        rows.append({"id": ex.id, "prompt": prompt.text, "completion": ex.gold,
+                     "retrieved_ids": [e["id"] for e in entries[:prompt.entries_used]]})
+    return rows
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    """Fine-tune and save `out/final`; returns that folder. A finished run is not redone."""
+    from datasets import Dataset
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    from prlm.models import load_policy
+
+    out, final = Path(cfg.out), Path(cfg.out) / "final"
+    if (final / "config.json").is_file():
+        raise PrlmError(f"'{final}' already holds a tuned model; choose another --out or delete it")
+    started = time.time()
+    model, tokenizer = load_policy(cfg.model, device="cpu" if cfg.use_cpu else "auto")
+    rows = sft_rows(cfg, tokenizer)
+    if not rows:
+        raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
+    atomic_write_jsonl(out / "train_prompts.jsonl", rows)
+    # The eos token teaches the model to stop after the answer, as greedy evaluation needs.
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"] + tokenizer.eos_token}
+                              for r in rows])
+    args = TrlSFTConfig(
+        output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to=[], use_cpu=cfg.use_cpu,
+        bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed, completion_only_loss=True,
+        max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    result = trainer.train()
+    trainer.model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    atomic_write_json(out / "sft_summary.json", {
+        "steps": trainer.state.global_step, "train_loss": result.training_loss, "final": str(final),
+        "examples": len(rows), "wall_time_s": round(time.time() - started, 1), "config": asdict(cfg),
+        "log": [r for r in trainer.state.log_history if "loss" in r],
+    })
+    return final

@@ -1,0 +1,118 @@
+import json
+import os
+import subprocess
+
+import pytest
+
+from prlm import PrlmError
+from prlm.cli import main
+from prlm.data import load_split
+from prlm.data.from_git import FromGitConfig, dataset_from_git, strip_trailers
+
+AUTHORS = [("Alice Example", "alice@example.org"), ("Bob Builder", "bob@example.org"),
+           ("Carol Coder", "carol@example.org")]
+
+
+def _git(repo, *args, env=None):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+
+def _commit(repo, index, author, subject, body, day):
+    name, email = author
+    (repo / f"file{index}.txt").write_text(f"change {index}\n")
+    _git(repo, "add", ".")
+    when = f"2024-01-{day:02d}T12:00:00+00:00"
+    env = {**os.environ, "GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": when,
+           "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email, "GIT_COMMITTER_DATE": when}
+    message = subject + ("\n\n" + body if body else "")
+    _git(repo, "commit", "-q", "-m", message, env=env)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """Alice 8 commits, Bob 7 (one re-applied, one without body), Carol 3 (too few);
+    a merge commit; authors interleaved in time."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    index, day = 0, 1
+    plan = [(0, i) for i in range(8)] + [(1, i) for i in range(7)] + [(2, i) for i in range(3)]
+    plan.sort(key=lambda p: (p[1], p[0]))
+    for who, i in plan:
+        name = AUTHORS[who][0].split()[0].lower()
+        subject = f"{name}: change number {i}"
+        body = (f"Explain why {name} made change {i} in the parser.\n\n"
+                f"Signed-off-by: {AUTHORS[who][0]} <{AUTHORS[who][1]}>\n"
+                f"Reviewed-by: Someone Else <else@example.org>")
+        if who == 1 and i == 2:
+            body = ""  # no body: nothing to write a subject for
+        if who == 1 and i == 6:
+            subject = "bob: change number 4"  # the same change re-applied under another hash
+        _commit(repo, index, AUTHORS[who], subject, body, day)
+        index, day = index + 1, day + 1
+    _git(repo, "checkout", "-q", "-b", "side", "HEAD~1")
+    _commit(repo, 99, AUTHORS[0], "alice: side work", "A change on a side branch.", 27)
+    _git(repo, "checkout", "-q", "main")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Alice Example", "GIT_AUTHOR_EMAIL": "alice@example.org",
+           "GIT_COMMITTER_NAME": "Alice Example", "GIT_COMMITTER_EMAIL": "alice@example.org",
+           "GIT_AUTHOR_DATE": "2024-01-28T12:00:00+00:00", "GIT_COMMITTER_DATE": "2024-01-28T12:00:00+00:00"}
+    _git(repo, "merge", "-q", "--no-ff", "-m", "Merge branch 'side'\n\nA merge body.", "side", env=env)
+    return repo
+
+
+def test_strip_trailers_keeps_the_prose():
+    body = "Fix the thing.\n\nIt broke: badly.\n\nSigned-off-by: A <a@b>\nCc: c@d\n  continued"
+    assert strip_trailers(body) == "Fix the thing.\n\nIt broke: badly."
+    assert strip_trailers("Only prose here.") == "Only prose here."
+
+
+def test_from_git_builds_a_valid_time_split(repo, tmp_path):
+    out = tmp_path / "data"
+    assert main(["data", "from-git", str(repo), str(out), "--train-per-author", "2", "--min-profile", "2"]) == 0
+    splits = {s: load_split(out, s, "commit-subject", require_golds=True) for s in ("train", "dev", "test")}
+    # Alice (9 commits with body incl. the side branch) and Bob (6 with body) qualify; Carol (3) does not.
+    assert {len(d) for d in splits.values()} == {2 * 2, 2}
+    assert len(splits["test"]) == 2 and len(splits["train"]) == 4
+    raw = (out / "train_questions.json").read_text() + (out / "test_questions.json").read_text()
+    for secret in ("Alice", "alice@", "Bob", "bob@", "Carol", "Signed-off-by", "Reviewed-by", "Merge branch"):
+        assert secret not in raw
+    assert {ex.user_id for ex in splits["test"].examples} == {"u0000", "u0001"}  # numbered by first commit
+    by_user = {s: {ex.user_id: [] for ex in d.examples} for s, d in splits.items()}
+    for s, d in splits.items():
+        for ex in d.examples:
+            by_user[s][ex.user_id].append(ex)
+            assert ex.input.startswith("Generate a subject line for the following commit message: ")
+            assert ex.gold not in {e["title"] for e in ex.profile}  # no answer in its own profile
+            dates = [e["date"] for e in ex.profile]
+            assert dates == sorted(dates, reverse=True) and len(ex.profile) >= 2
+    alice_test = by_user["test"]["u0000"][0]
+    assert alice_test.gold == "alice: side work"  # the latest commit, reached through the merge
+    for user, (test_ex,) in by_user["test"].items():
+        (dev_ex,) = by_user["dev"][user]
+        question_date = lambda ex: max(e["date"] for e in ex.profile)  # noqa: E731
+        assert question_date(dev_ex) <= question_date(test_ex)
+        assert dev_ex.id.split("-")[1] in {e["id"] for e in test_ex.profile}  # dev precedes test
+        for train_ex in by_user["train"][user]:
+            assert train_ex.id.split("-")[1] in {e["id"] for e in dev_ex.profile}
+    bob_test = by_user["test"]["u0001"][0]
+    assert bob_test.gold == "bob: change number 4"
+    assert "bob: change number 2" not in {e["title"] for e in bob_test.profile}  # empty body left out
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["authors"] == 2 and meta["questions"] == {"train": 4, "dev": 2, "test": 2}
+
+
+def test_same_history_gives_the_same_dataset(repo, tmp_path):
+    cfg = FromGitConfig(train_per_author=1, min_profile=2)
+    dataset_from_git(repo, tmp_path / "a", cfg)
+    dataset_from_git(repo, tmp_path / "b", cfg)
+    for name in ("train_questions.json", "test_outputs.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_errors_say_how_to_fix(repo, tmp_path):
+    with pytest.raises(PrlmError, match="lower --min-profile"):
+        dataset_from_git(repo, tmp_path / "x", FromGitConfig(min_profile=20))
+    with pytest.raises(PrlmError, match="git log failed"):
+        dataset_from_git(tmp_path, tmp_path / "y", FromGitConfig())
+    with pytest.raises(PrlmError, match="max_profile"):
+        FromGitConfig(min_profile=5, max_profile=2)
