@@ -27,8 +27,8 @@ from pathlib import Path
 
 from bench.common import DEFAULT_DATA, add_size_options, choose_sizes, comparison, measurement
 
-SIDES = {"stock-trl": dict(rollout="trl", prefix_sharing=False),
-         "prlm": dict(rollout="shared-prefix", prefix_sharing=True)}
+SIDES = {"stock-trl": dict(rollout="trl", prefix_sharing="off"),
+         "prlm": dict(rollout="shared-prefix", prefix_sharing="on")}
 FULL = {"grpo_policy": "smollm2-135m", "grpo_device": "cpu", "grpo_steps": 4, "grpo_prompts": 2, "grpo_group": 4, "grpo_completion_tokens": 96,
         "grpo_prompt_tokens": 512, "grpo_beta": 0.0}
 QUICK = {**FULL, "grpo_steps": 2, "grpo_completion_tokens": 16, "grpo_prompt_tokens": 256}

@@ -95,3 +95,13 @@ def test_trainer_loss_and_grads_match_stock_trl(tiny_llama_dir, tmp_path, beta, 
     assert any(g.abs().sum() > 0 for g in stock_grads.values())
     for name, grad in stock_grads.items():
         assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_auto_shares_prefixes_on_the_cpu_only(tmp_path):
+    base = dict(task="synthetic", data=str(tmp_path), out=str(tmp_path / "run"), w_pers=0.0)
+    assert TrainConfig(**base).uses_prefix_sharing
+    assert not TrainConfig(**base, use_cpu=False).uses_prefix_sharing
+    assert TrainConfig(**base, use_cpu=False, prefix_sharing="on").uses_prefix_sharing
+    assert not TrainConfig(**base, prefix_sharing="off").uses_prefix_sharing
+    with pytest.raises(Exception, match="prefix_sharing"):
+        TrainConfig(**base, prefix_sharing="yes")

@@ -58,11 +58,15 @@ class TrainConfig:
     use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
     bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
     rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once for its whole group; faster) or 'trl' (TRL's own generate).")
-    prefix_sharing: bool = opt(True, "Log-prob passes run each group's prompt once and score only completion tokens (same objective as TRL's, tested; off = TRL's own pass). Falls back to TRL's pass on several processes, DeepSpeed or gradient checkpointing.")
+    prefix_sharing: str = opt("auto", "Log-prob passes that run each group's prompt once and score only completion tokens (same objective as TRL's, tested): 'auto' = on the CPU only (3x faster there; on a GPU at this size the extra pass costs more than it saves, measured in docs/gpu/benchmarks-grpo-h100.md), 'on', 'off' (TRL's own pass). Several processes, DeepSpeed or activation checkpointing always use TRL's pass.")
     use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
     gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
     report_to: str = opt("tensorboard", "Comma-separated trackers for transformers (tensorboard, wandb, none).")
+
+    @property
+    def uses_prefix_sharing(self) -> bool:
+        return self.prefix_sharing == "on" or (self.prefix_sharing == "auto" and self.use_cpu)
 
     def __post_init__(self):
         from prlm.data.tasks import get_task
@@ -74,6 +78,7 @@ class TrainConfig:
         check_choice("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
         check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
+        check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
         if not self.data:
             raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
         if not self.out:

@@ -209,7 +209,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
         raise PrlmError(f"'{out}' already holds checkpoints: pass --resume to continue, or choose another --out")
     atomic_write_json(out / "train_config.json", cfg.__dict__)
 
-    model, tokenizer = load_policy(cfg.model, device="cpu" if cfg.use_cpu else "auto")
+    model, tokenizer = load_policy(cfg.model, device="cpu")  # the Trainer moves it to its device
     rows = training_rows(cfg, tokenizer)
     if not rows:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
@@ -221,7 +221,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
         model.save_pretrained(warm)
         tokenizer.save_pretrained(warm)
     elif cfg.sft_steps:
-        model, tokenizer = load_policy(str(warm), device="cpu" if cfg.use_cpu else "auto")
+        model, tokenizer = load_policy(str(warm), device="cpu")
 
     funcs, weights = reward_functions(cfg)
     funcs += [f for f, _ in extra_rewards]
@@ -245,7 +245,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     log = StepLog(out)
     log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
     trainer_class = GRPOTrainer
-    if cfg.prefix_sharing:
+    if cfg.uses_prefix_sharing:
         from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
 
         trainer_class = PrefixSharingGRPOTrainer

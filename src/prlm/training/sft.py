@@ -93,7 +93,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if (final / "config.json").is_file():
         raise PrlmError(f"'{final}' already holds a tuned model; choose another --out or delete it")
     started = time.time()
-    model, tokenizer = load_policy(cfg.model, device="cpu" if cfg.use_cpu else "auto")
+    model, tokenizer = load_policy(cfg.model, device="cpu")  # the Trainer moves it to its device
     rows = sft_rows(cfg, tokenizer)
     if not rows:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
