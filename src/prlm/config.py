@@ -54,40 +54,52 @@ class GenerationConfig:
 
 
 @dataclass
-class EvalConfig(GenerationConfig):
+class ProfileDataConfig:
+    """The questions a stage reads and the profile entries each one sees;
+    shared by evaluation, reward-model pairs and training."""
+
     task: str = opt("commit-subject", "Task name from the task table (LaMP-4, LaMP-5, LaMP-7, commit-subject, synthetic).")
     data: str = opt("", "Dataset folder in LaMP's layout ({split}_questions.json and {split}_outputs.json).")
-    split: str = opt("dev", "Split to evaluate: train, dev or test.")
-    method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
+    split: str = opt("dev", "Split to read: train, dev or test.")
     retriever: str = opt("bm25", "Profile retriever: none, random, recency, bm25, bm25s, dense.")
     k: int = opt(4, "Profile entries retrieved per question.")
     encoder: str = opt("minilm", "Encoder for dense retrieval: 'minilm' (embedded), a local folder or a Hugging Face id.")
-    limit: int = opt(0, "Evaluate only the first N questions (0 = all).")
-    out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
+    limit: int = opt(0, "Use only the first N questions of the split (0 = all).")
     allow_empty_profiles: bool = opt(False, "Accept questions whose profile is empty.")
-    force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.force_answer_tokens < 0:
-            raise PrlmError(f"force_answer_tokens must be >= 0 (0 = off), got {self.force_answer_tokens}")
         from prlm.data.lamp import SPLITS
         from prlm.data.tasks import get_task
-        from prlm.prompts import STYLES
         from prlm.retrieval import METHODS
 
         get_task(self.task)
         check_choice("split", self.split, SPLITS)
-        check_choice("method", self.method, STYLES)
         check_choice("retriever", self.retriever, METHODS)
         if not self.data:
             raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
-        if not self.out:
-            raise PrlmError("out is required: pass --out runs/NAME")
         if self.k < 0:
             raise PrlmError(f"k must be >= 0, got {self.k}")
         if self.limit < 0:
             raise PrlmError(f"limit must be >= 0 (0 = all), got {self.limit}")
+
+
+@dataclass
+class EvalConfig(GenerationConfig, ProfileDataConfig):
+    split: str = opt("dev", "Split to evaluate: train, dev or test.")
+    method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
+    out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
+    force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
+
+    def __post_init__(self):
+        GenerationConfig.__post_init__(self)
+        ProfileDataConfig.__post_init__(self)
+        from prlm.prompts import STYLES
+
+        check_choice("method", self.method, STYLES)
+        if not self.out:
+            raise PrlmError("out is required: pass --out runs/NAME")
+        if self.force_answer_tokens < 0:
+            raise PrlmError(f"force_answer_tokens must be >= 0 (0 = off), got {self.force_answer_tokens}")
         if self.method == "no-profile":
             # The input alone: nothing is retrieved, whatever the flags say.
             self.retriever, self.k = "none", 0

@@ -240,7 +240,6 @@ def load_ranked_retriever(cfg: SweepConfig, retriever_name: str):
 def build_sweep_stages(cfg: SweepConfig) -> list[Stage]:
     from prlm.config import EvalConfig
 
-    out = Path(cfg.out)
     cells = sweep_cells(cfg)
     _check_models_exist(cfg, cells)
     stages = [Stage("data", {"data": cfg.data, "task": cfg.task, "split": cfg.split, "limit": cfg.limit},

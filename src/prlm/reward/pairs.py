@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prlm import PrlmError
-from prlm.config import GenerationConfig, check_choice, opt
+from prlm.config import GenerationConfig, ProfileDataConfig, check_choice, opt
 from prlm.data.tasks import Task
 from prlm.io import atomic_write_json, atomic_write_text
 
@@ -54,46 +54,28 @@ PROVENANCE_KEYS = ("task", "data", "split", "retriever", "k", "encoder", "model"
 
 
 @dataclass
-class PairsConfig(GenerationConfig):
-    task: str = opt("commit-subject", "Task name from the task table (LaMP-4, LaMP-5, LaMP-7, commit-subject, synthetic).")
-    data: str = opt("", "Dataset folder in LaMP's layout ({split}_questions.json and {split}_outputs.json).")
+class PairsConfig(GenerationConfig, ProfileDataConfig):
     split: str = opt("train", "Split whose questions make the pairs.")
+    retriever: str = opt("bm25", "Profile retriever for the chosen (rag) answer: random, recency, bm25, bm25s, dense.")
     kinds: str = opt("rag-vs-no-profile", "Pair kinds, comma separated: rag-vs-no-profile (the paper's), "
                      "gold-vs-no-profile, gold-vs-other-user.")
-    retriever: str = opt("bm25", "Profile retriever for the chosen (rag) answer: random, recency, bm25, bm25s, dense.")
-    k: int = opt(4, "Profile entries retrieved per question.")
-    encoder: str = opt("minilm", "Encoder for dense retrieval: 'minilm' (embedded), a local folder or a Hugging Face id.")
-    limit: int = opt(0, "Use only the first N questions of the split (0 = all).")
     chunk_size: int = opt(64, "Questions per chunk; each finished chunk is saved, so an interrupted run resumes there.")
     no_profile_run: str = opt("", "Run folder of `prlm eval --method no-profile` on the same split: reuse its answers "
                               "(column 'answer') instead of generating them.")
     out: str = opt("", "JSONL file to write (a sidecar <out>.meta.json keeps provenance and dropped pairs).")
     overwrite: bool = opt(False, "Start the file afresh instead of resuming it.")
-    allow_empty_profiles: bool = opt(False, "Accept questions whose profile is empty.")
 
     def __post_init__(self):
-        super().__post_init__()
-        from prlm.data.lamp import SPLITS
-        from prlm.data.tasks import get_task
-        from prlm.retrieval import METHODS
-
-        get_task(self.task)
-        check_choice("split", self.split, SPLITS)
-        check_choice("retriever", self.retriever, METHODS)
+        GenerationConfig.__post_init__(self)
+        ProfileDataConfig.__post_init__(self)
         for kind in self.kind_list:
             check_choice("kinds", kind, KINDS)
         if not self.kind_list:
             raise PrlmError(f"kinds is empty; use one or more of: {', '.join(KINDS)}")
-        if not self.data:
-            raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
         if not self.out:
             raise PrlmError("out is required: pass --out FILE.jsonl")
-        if self.k < 0:
-            raise PrlmError(f"k must be >= 0, got {self.k}")
         if "rag-vs-no-profile" in self.kind_list and (self.k == 0 or self.retriever == "none"):
             raise PrlmError("kind rag-vs-no-profile needs profile entries: set k >= 1 and a retriever other than none")
-        if self.limit < 0:
-            raise PrlmError(f"limit must be >= 0 (0 = all), got {self.limit}")
         if self.chunk_size < 1:
             raise PrlmError(f"chunk_size must be at least 1, got {self.chunk_size}")
 

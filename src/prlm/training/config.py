@@ -5,19 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.config import ProfileDataConfig, check_choice, opt
 
 
 @dataclass
-class TrainConfig:
-    # data and prompts
-    task: str = opt("commit-subject", "Task name from the task table.")
-    data: str = opt("", "Dataset folder in LaMP's layout; training reads its train split.")
+class TrainConfig(ProfileDataConfig):
+    # data and prompts (the shared fields are in ProfileDataConfig)
     split: str = opt("train", "Split to train on.")
     limit: int = opt(0, "Train on the first N questions only (0 = all; the paper used 500).")
-    retriever: str = opt("bm25", "Profile retriever: none, random, recency, bm25, bm25s, dense.")
-    k: int = opt(4, "Profile entries retrieved per question.")
-    encoder: str = opt("minilm", "Encoder for dense retrieval.")
     max_prompt_tokens: int = opt(768, "Token limit of a prompt (entries share what the input leaves).")
     # model
     model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
@@ -69,24 +64,19 @@ class TrainConfig:
         return self.prefix_sharing == "on" or (self.prefix_sharing == "auto" and self.use_cpu)
 
     def __post_init__(self):
-        from prlm.data.tasks import get_task
+        super().__post_init__()
         from prlm.evaluation import ROUGE_KEYS
-        from prlm.retrieval import METHODS
 
-        get_task(self.task)
-        check_choice("retriever", self.retriever, METHODS)
         check_choice("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
         check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
         check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
-        if not self.data:
-            raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
         if self.num_generations < 2:
             raise PrlmError(f"num_generations must be at least 2 (GRPO compares completions within a group), got {self.num_generations}")
-        for name in ("max_steps", "prompts_per_step", "max_completion_length", "save_steps", "k"):
-            if getattr(self, name) < (0 if name in ("k", "max_steps") else 1):
+        for name in ("max_steps", "prompts_per_step", "max_completion_length", "save_steps"):
+            if getattr(self, name) < (0 if name == "max_steps" else 1):
                 raise PrlmError(f"{name} is out of range: {getattr(self, name)}")
         metrics = self.metric_list
         if not metrics or any(m not in ROUGE_KEYS for m in metrics):

@@ -38,7 +38,8 @@ def warmup_completion(task, entries, query: str, gold: str) -> str:
 def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
     """One row per training question: the reasoning prompt plus the columns the rewards read."""
     task = get_task(cfg.task)
-    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True)
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True,
+                         allow_empty_profiles=cfg.allow_empty_profiles)
     retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
     if isinstance(retriever, DenseRetriever):
         retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])

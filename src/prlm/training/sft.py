@@ -13,19 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.config import ProfileDataConfig, opt
 from prlm.io import atomic_write_json, atomic_write_jsonl
 
 
 @dataclass
-class SFTConfig:
-    task: str = opt("commit-subject", "Task name from the task table.")
-    data: str = opt("", "Dataset folder in LaMP's layout; training reads its train split.")
+class SFTConfig(ProfileDataConfig):
     split: str = opt("train", "Split to train on.")
-    limit: int = opt(0, "Train on the first N questions only (0 = all).")
     retriever: str = opt("bm25", "Profile retriever of the RAG prompt (use the evaluation's).")
     k: int = opt(4, "Profile entries per prompt (use the evaluation's).")
-    encoder: str = opt("minilm", "Encoder for dense retrieval.")
     max_prompt_tokens: int = opt(512, "Token limit of a prompt (entries share what the input leaves).")
     max_answer_tokens: int = opt(48, "Tokens of the real output kept as the target (longer ones are cut).")
     model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
@@ -40,21 +36,14 @@ class SFTConfig:
     gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
 
     def __post_init__(self):
-        from prlm.data.tasks import get_task
-        from prlm.retrieval import METHODS
-
-        get_task(self.task)
-        check_choice("retriever", self.retriever, METHODS)
-        if not self.data:
-            raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
+        super().__post_init__()
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
         for name in ("batch_size", "max_prompt_tokens", "max_answer_tokens"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("k", "limit", "max_steps"):
-            if getattr(self, name) < 0:
-                raise PrlmError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            raise PrlmError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.max_steps == 0 and self.epochs <= 0:
             raise PrlmError("set epochs > 0 or max_steps > 0 (how long to train)")
         if self.learning_rate <= 0:
@@ -68,7 +57,8 @@ def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
     from prlm.retrieval import DenseRetriever, make_retriever
 
     task = get_task(cfg.task)
-    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True)
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True,
+                         allow_empty_profiles=cfg.allow_empty_profiles)
     retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
     if isinstance(retriever, DenseRetriever):
         retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
