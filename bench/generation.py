@@ -20,9 +20,10 @@ from bench.common import (DEFAULT_DATA, add_size_options, choose_sizes, comparis
 
 FULL = {"policy": "smollm2-135m", "eval_examples": 16, "eval_batch_size": 8, "max_new_tokens": 32,
         "max_prompt_tokens": 384, "style": "rag", "rollout_prompts": 2, "group_size": 8,
-        "rollout_max_new_tokens": 32, "temperature": 0.9}
+        "rollout_max_new_tokens": 32, "temperature": 0.9, "reasoning_max_new_tokens": 96}
 QUICK = {**FULL, "eval_examples": 4, "eval_batch_size": 4, "max_new_tokens": 8, "max_prompt_tokens": 256,
-         "rollout_prompts": 1, "group_size": 4, "rollout_max_new_tokens": 8}
+         "rollout_prompts": 1, "group_size": 4, "rollout_max_new_tokens": 8,
+         "reasoning_max_new_tokens": 8}
 HELP = {"policy": "policy model: 'smollm2-135m' (embedded), a local folder or a Hugging Face id",
         "eval_examples": "dev questions generated for (evaluation comparison)",
         "eval_batch_size": "prompts per batch of the batched backend",
@@ -31,7 +32,9 @@ HELP = {"policy": "policy model: 'smollm2-135m' (embedded), a local folder or a 
         "style": "prompt style: rag, prlm or no-profile",
         "rollout_prompts": "distinct prompts per rollout batch", "group_size": "completions per prompt (GRPO's G)",
         "rollout_max_new_tokens": "tokens sampled per completion at most",
-        "temperature": "rollout sampling temperature"}
+        "temperature": "rollout sampling temperature",
+        "reasoning_max_new_tokens": "tokens generated per example with the reasoning (prlm) prompt, as `prlm eval "
+                                    "--method prlm` runs it (0 = skip that comparison)"}
 EVAL_TARGET = 4.0
 
 
@@ -53,9 +56,16 @@ def run(quick: bool, args=None) -> dict:
                                             for p in prompts) / len(prompts), 1)
     torch.manual_seed(0)
     evaluation = evaluation_comparison(model, tokenizer, prompts, sizes, repeats)
-    rollouts = rollout_comparison(model, tokenizer, prompts[:sizes["rollout_prompts"]], sizes, repeats)
+    comparisons = [evaluation]
+    if sizes["reasoning_max_new_tokens"]:
+        reasoning_prompts = build_prompts(tokenizer, {**sizes, "style": "prlm"},
+                                          getattr(args, "data", None) or DEFAULT_DATA)
+        comparisons.append(evaluation_comparison(
+            model, tokenizer, reasoning_prompts, {**sizes, "max_new_tokens": sizes["reasoning_max_new_tokens"]},
+            repeats, name="evaluation generation, greedy, reasoning prompt"))
+    comparisons.append(rollout_comparison(model, tokenizer, prompts[:sizes["rollout_prompts"]], sizes, repeats))
     prefill = prefill_seconds(model, tokenizer, prompts, sizes["eval_batch_size"])
-    return {"title": "Generation", "sizes": sizes, "comparisons": [evaluation, rollouts],
+    return {"title": "Generation", "sizes": sizes, "comparisons": comparisons,
             "profile": {"evaluation, the prompts' forward passes alone (prefill)": prefill},
             "notes": [] if evaluation["target_met"] else [evaluation_note(evaluation, prefill)]}
 
@@ -100,7 +110,8 @@ def batched(model, tokenizer, prompts, max_new_tokens: int, batch_size: int) -> 
     return [c[0] for c in generator.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), progress=False)]
 
 
-def evaluation_comparison(model, tokenizer, prompts, sizes: dict, repeats: int) -> dict:
+def evaluation_comparison(model, tokenizer, prompts, sizes: dict, repeats: int,
+                          name: str = "evaluation generation, greedy") -> dict:
     n, new = len(prompts), sizes["max_new_tokens"]
     base_times, base_out = time_runs(lambda: one_at_a_time(model, tokenizer, prompts, new), repeats)
     cand_times, cand_out = time_runs(lambda: batched(model, tokenizer, prompts, new, sizes["eval_batch_size"]), repeats)
@@ -110,7 +121,7 @@ def evaluation_comparison(model, tokenizer, prompts, sizes: dict, repeats: int) 
     candidate = with_tokens(measurement(f"prlm HFGenerator, batches of {sizes['eval_batch_size']}", cand_times, n,
                                         "examples/s"), cand_tokens)
     identical = sum(a == b for a, b in zip(base_out, cand_out))
-    return comparison("evaluation generation, greedy", baseline, candidate, target=EVAL_TARGET,
+    return comparison(f"{name} ({new} new tokens)", baseline, candidate, target=EVAL_TARGET,
                       checks={"examples": n, "identical_outputs": identical,
                               "differing": [{"example": i, "one_at_a_time": a, "batched": b}
                                             for i, (a, b) in enumerate(zip(base_out, cand_out)) if a != b][:5]})

@@ -67,9 +67,11 @@ def test_retrieval_quick_run_checks_top_k_against_rank_bm25():
 @pytest.mark.slow
 def test_generation_quick_run_with_a_tiny_model(tiny_llama_dir):
     result = generation.run(True, _args("--policy", tiny_llama_dir, "--eval-examples", "2",
-                                        "--max-new-tokens", "3", "--rollout-max-new-tokens", "3"))
-    evaluation, rollouts = result["comparisons"]
-    for c in (evaluation, rollouts):
+                                        "--max-new-tokens", "3", "--rollout-max-new-tokens", "3",
+                                        "--reasoning-max-new-tokens", "4"))
+    evaluation, reasoning, rollouts = result["comparisons"]
+    assert "reasoning prompt (4 new tokens)" in reasoning["name"]
+    for c in (evaluation, reasoning, rollouts):
         _assert_comparison(c)
         assert c["candidate"]["tokens_per_s"] is not None
     assert evaluation["checks"]["examples"] == 2 and 0 <= evaluation["checks"]["identical_outputs"] <= 2
