@@ -198,3 +198,22 @@ def parse_completion(completion: str, style: str, task: Task | None = None, pref
         lines = [ln for ln in _TAG.sub(" ", full).splitlines() if ln.strip()]
         answer = clean_answer(lines[-1], task) if lines else ""
     return Parsed(reasoning=reasoning, answer=answer)
+
+
+def prompted_examples(cfg, tokenizer, style: str):
+    """(example, prompt, entries used) for every question of `cfg`'s split, with golds:
+    retrieval as `cfg` says, then the `style` prompt within `cfg.max_prompt_tokens`.
+    `cfg` is a ProfileDataConfig with `seed` and `max_prompt_tokens` (training, SFT)."""
+    from prlm.data import get_task, load_split
+    from prlm.retrieval import DenseRetriever, make_retriever
+
+    task = get_task(cfg.task)
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True,
+                         allow_empty_profiles=cfg.allow_empty_profiles)
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    if isinstance(retriever, DenseRetriever):
+        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
+    for ex in dataset.examples:
+        entries, _ = retriever(ex.input, ex.profile, cfg.k)
+        prompt = build_prompt(task, ex.input, entries, style, tokenizer, cfg.max_prompt_tokens)
+        yield ex, prompt, entries[:prompt.entries_used]

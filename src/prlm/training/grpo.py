@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.data import get_task, load_split
+from prlm.data import get_task
 from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from prlm.prompts import build_prompt
-from prlm.retrieval import DenseRetriever, make_retriever
+from prlm.prompts import prompted_examples
 from prlm.training.config import TrainConfig
 
 LOG_NAME = "train_log.jsonl"
@@ -38,22 +37,10 @@ def warmup_completion(task, entries, query: str, gold: str) -> str:
 def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
     """One row per training question: the reasoning prompt plus the columns the rewards read."""
     task = get_task(cfg.task)
-    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True,
-                         allow_empty_profiles=cfg.allow_empty_profiles)
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
-    if isinstance(retriever, DenseRetriever):
-        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
-    rows = []
-    for ex in dataset.examples:
-        entries, _ = retriever(ex.input, ex.profile, cfg.k)
-        prompt = build_prompt(task, ex.input, entries, "prlm", tokenizer, cfg.max_prompt_tokens)
-        used = entries[:prompt.entries_used]
-        rows.append({
-            "id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
-            "retrieved_ids": [e["id"] for e in used],
-            "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
-        })
-    return rows
+    return [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
+             "retrieved_ids": [e["id"] for e in used],
+             "warmup_completion": warmup_completion(task, used, ex.input, ex.gold)}
+            for ex, prompt, used in prompted_examples(cfg, tokenizer, "prlm")]
 
 
 def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:

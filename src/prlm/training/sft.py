@@ -52,23 +52,10 @@ class SFTConfig(ProfileDataConfig):
 
 def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
     """One row per training question: the RAG prompt and the user's real output."""
-    from prlm.data import get_task, load_split
-    from prlm.prompts import build_prompt
-    from prlm.retrieval import DenseRetriever, make_retriever
+    from prlm.prompts import prompted_examples
 
-    task = get_task(cfg.task)
-    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True,
-                         allow_empty_profiles=cfg.allow_empty_profiles)
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
-    if isinstance(retriever, DenseRetriever):
-        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
-    rows = []
-    for ex in dataset.examples:
-        entries, _ = retriever(ex.input, ex.profile, cfg.k)
-        prompt = build_prompt(task, ex.input, entries, "rag", tokenizer, cfg.max_prompt_tokens)
-        rows.append({"id": ex.id, "prompt": prompt.text, "completion": ex.gold,
-                     "retrieved_ids": [e["id"] for e in entries[:prompt.entries_used]]})
-    return rows
+    return [{"id": ex.id, "prompt": prompt.text, "completion": ex.gold, "retrieved_ids": [e["id"] for e in used]}
+            for ex, prompt, used in prompted_examples(cfg, tokenizer, "rag")]
 
 
 def train_sft(cfg: SFTConfig) -> Path:
