@@ -23,6 +23,7 @@ class TrainConfig(ProfileDataConfig):
     sft_steps: int = opt(0, "Supervised warm-up steps on the format (<think>..</think><answer>gold</answer>) before GRPO; 0 = none.")
     sft_learning_rate: float = opt(5e-5, "Learning rate of the warm-up.")
     sft_batch_size: int = opt(4, "Examples per warm-up step.")
+    sft_micro_batch: int = opt(2, "Examples per forward pass in the warm-up; gradient accumulation makes up sft_batch_size (same update, lower peak memory: the warm-up holds full-vocabulary logits for every position).")
     # GRPO
     max_steps: int = opt(20, "GRPO optimisation steps.")
     prompts_per_step: int = opt(2, "Distinct prompts per step; each is sampled num_generations times.")
@@ -71,6 +72,9 @@ class TrainConfig(ProfileDataConfig):
         check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
         check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
+        if self.sft_micro_batch < 1 or self.sft_batch_size % self.sft_micro_batch:
+            raise PrlmError(f"sft_batch_size ({self.sft_batch_size}) must be a multiple of sft_micro_batch "
+                            f"({self.sft_micro_batch}); e.g. --sft-micro-batch {self.sft_batch_size}")
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
         if self.num_generations < 2:

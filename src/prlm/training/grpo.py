@@ -166,7 +166,9 @@ def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["warmup_completion"] + tokenizer.eos_token}
                               for r in rows])
     args = SFTConfig(
-        output_dir=str(Path(cfg.out) / "sft"), max_steps=cfg.sft_steps, per_device_train_batch_size=cfg.sft_batch_size,
+        output_dir=str(Path(cfg.out) / "sft"), max_steps=cfg.sft_steps,
+        per_device_train_batch_size=cfg.sft_micro_batch,
+        gradient_accumulation_steps=cfg.sft_batch_size // cfg.sft_micro_batch,
         learning_rate=cfg.sft_learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
         report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16, seed=cfg.seed, completion_only_loss=True,
         max_length=cfg.max_prompt_tokens + cfg.max_completion_length, dataset_num_proc=None,
