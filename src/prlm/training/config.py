@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prlm import PrlmError
 from prlm.config import ProfileDataConfig, check_choice, opt
@@ -23,6 +24,7 @@ class TrainConfig(ProfileDataConfig):
     sft_steps: int = opt(0, "Supervised warm-up steps on the format (<think>..</think><answer>gold</answer>) before GRPO; 0 = none.")
     sft_learning_rate: float = opt(5e-5, "Learning rate of the warm-up.")
     sft_batch_size: int = opt(4, "Examples per warm-up step.")
+    warmup_from: str = opt("", "Start GRPO from the warm-up policy of an earlier run (its OUT/sft-model folder) instead of training one; for ablations that change only GRPO. sft_steps is then not used.")
     sft_micro_batch: int = opt(2, "Examples per forward pass in the warm-up; gradient accumulation makes up sft_batch_size (same update, lower peak memory: the warm-up holds full-vocabulary logits for every position).")
     # GRPO
     max_steps: int = opt(20, "GRPO optimisation steps.")
@@ -77,6 +79,9 @@ class TrainConfig(ProfileDataConfig):
                             f"({self.sft_micro_batch}); e.g. --sft-micro-batch {self.sft_batch_size}")
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
+        if self.warmup_from and not (Path(self.warmup_from) / "config.json").is_file():
+            raise PrlmError(f"warmup_from '{self.warmup_from}' holds no model (no config.json); point it at the "
+                            "sft-model folder of a finished run, e.g. runs/commit-subject/train/sft-model")
         if self.num_generations < 2:
             raise PrlmError(f"num_generations must be at least 2 (GRPO compares completions within a group), got {self.num_generations}")
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "save_steps"):

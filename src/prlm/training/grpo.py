@@ -206,7 +206,9 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     atomic_write_jsonl(out / "train_prompts.jsonl", rows)
 
     warm = out / "sft-model"
-    if cfg.sft_steps and not (warm / "config.json").is_file():
+    if cfg.warmup_from:
+        model, tokenizer = load_policy(cfg.warmup_from, device="cpu")
+    elif cfg.sft_steps and not (warm / "config.json").is_file():
         model = supervised_warmup(cfg, rows, model, tokenizer)
         model.save_pretrained(warm)
         tokenizer.save_pretrained(warm)
