@@ -75,6 +75,7 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path, tiny_data, tiny_llam
                    "prlm vs sft", "prlm-no-pers vs prlm", "rougeL-vs-k.png", "prlm sweep "):
         assert needed in report
     assert "robustness claim" in report
+    assert "first 3 questions: limit=3" in report and "torch thread(s)" in report
     plots = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert plots == ["rougeL-vs-k-bm25.png", "rougeL-vs-k-recency.png", "rougeL-vs-k.png"]
     assert (out / "plots" / "rougeL-vs-k.png").stat().st_size > 5000
@@ -150,15 +151,21 @@ def test_recipes_parse(tmp_path):
     assert len(sweep_cells(full)) == 1 + 2 * 16 + 1 + len(full.extra_models)
 
 
-def test_ablation_recipes_remove_one_reward_term():
+def test_ablation_recipes_remove_one_reward_term(tmp_path):
     from prlm.config import build_config, load_yaml
     from prlm.training.config import TrainConfig
 
-    study = load_yaml(REPO / "configs" / "cpu-commit-subject.yaml")["train"]
+    recipe = load_yaml(REPO / "configs" / "cpu-commit-subject.yaml")
+    study = recipe["train"]
+    (tmp_path / "config.json").write_text("{}")  # stands in for the run's warm-up policy
     for name, removed in (("no-pers", "w_pers"), ("no-acc", "w_acc")):
-        cfg = build_config(TrainConfig, load_yaml(REPO / "configs" / f"train-commit-{name}.yaml"))
+        values = load_yaml(REPO / "configs" / f"train-commit-{name}.yaml")
+        # GRPO starts from the recipe's own warm-up, so only the reward differs
+        assert values["warmup_from"] == f"{recipe['out']}/train/sft-model"
+        cfg = build_config(TrainConfig, {**values, "warmup_from": str(tmp_path)})
         assert getattr(cfg, removed) == 0
-        # every other option as in the study's training
-        assert all(getattr(cfg, key) == value for key, value in study.items() if key != removed)
+        # every other option as in the study's training (the warm-up is reused, not retrained)
+        assert all(getattr(cfg, key) == value for key, value in study.items()
+                   if key not in (removed, "sft_steps", "sft_batch_size"))
     sweep = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
     assert set(sweep.extra_models.values()) == {"runs/commit-subject-no-pers/final", "runs/commit-subject-no-acc/final"}

@@ -57,6 +57,31 @@ def test_tiny_grpo_changes_parameters_and_logs_every_term(tiny_data, tiny_llama_
     assert prompts[0]["prompt"].endswith("<think>") and prompts[0]["retrieved_ids"]
 
 
+def test_warmup_from_starts_grpo_from_that_policy(tiny_data, tiny_llama_dir, tmp_path):
+    """An ablation reuses an earlier run's warm-up: GRPO starts from it, and no warm-up is trained."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    warm = tmp_path / "warm"
+    shutil.copytree(tiny_llama_dir, warm)
+    weights = load_file(str(warm / "model.safetensors"))
+    weights = {name: value + 0.5 if name.endswith("norm.weight") else value for name, value in weights.items()}
+    save_file(weights, str(warm / "model.safetensors"), metadata={"format": "pt"})
+    cfg = _tiny_cfg(tiny_data, tiny_llama_dir, tmp_path / "run", warmup_from=str(warm), sft_steps=3,
+                    max_steps=1, learning_rate=0.0)
+    after = load_file(str(train_grpo(cfg) / "model.safetensors"))
+    changed = [name for name in weights if name.endswith("norm.weight")]
+    assert changed and all(torch.equal(after[name], weights[name]) for name in changed)
+    assert not (tmp_path / "run" / "sft-model").exists()
+
+
+def test_warmup_from_must_hold_a_model(tiny_data, tmp_path):
+    with pytest.raises(PrlmError, match="sft-model folder"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, warmup_from=str(tmp_path))
+
+
 def test_existing_checkpoints_need_resume(tiny_data, tiny_llama_dir, tmp_path):
     (tmp_path / "run" / "checkpoints" / "checkpoint-1").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "checkpoint-1" / "trainer_state.json").write_text("{}")
