@@ -9,7 +9,7 @@ from prlm import PrlmError
 from prlm.cli import main
 from prlm.data.synthetic import write_synthetic
 from prlm.sweep import SweepConfig, build_sweep_stages, load_sweep_config, sweep_cells
-from prlm.sweep_report import BEGIN, END, claim_sentence, spreads
+from prlm.sweep_report import claim_sentence, section_markers, spreads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,13 +80,14 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path, tiny_data, tiny_llam
     assert plots == ["rougeL-vs-k-bm25.png", "rougeL-vs-k-recency.png", "rougeL-vs-k.png"]
     assert (out / "plots" / "rougeL-vs-k.png").stat().st_size > 5000
     text = docs.read_text()
-    assert text.startswith("# Results\n\nEarlier text.\n") and BEGIN in text and END in text
+    begin, end = section_markers(load_sweep_config(str(config)))
+    assert text.startswith("# Results\n\nEarlier text.\n") and begin in text and end in text
     assert "(img/sweep/rougeL-vs-k.png)" in text and (tmp_path / "img" / "sweep" / "rougeL-vs-k.png").is_file()
 
     before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
     assert main(["sweep", str(config), "--into", str(docs)]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == before  # nothing reran
-    assert docs.read_text().count(BEGIN) == 1  # the section is replaced, not appended again
+    assert docs.read_text().count(begin) == 1  # the section is replaced, not appended again
     commands = [json.loads(line) for line in (out / "commands.jsonl").read_text().splitlines()]
     assert len(commands) == 2 and commands[1]["ran"] == [] and len(commands[0]["ran"]) == len(before)
 
@@ -143,12 +144,18 @@ def test_spreads_and_the_claim():
 
 
 def test_recipes_parse(tmp_path):
-    for name in ("sweep-commit-subject.yaml", "sweep-demo.yaml"):
+    for name in ("sweep-commit-subject.yaml", "sweep-commit-subject-main.yaml", "sweep-demo.yaml"):
         cfg = load_sweep_config(str(REPO / "configs" / name), [f"out={tmp_path / name}"])
         assert cfg.grid()[0] == cfg.main_cell
     full = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
     assert full.split == "test" and full.prlm_model == "runs/commit-subject/train/final"
     assert len(sweep_cells(full)) == 1 + 2 * 16 + 1 + len(full.extra_models)
+    main_cell = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject-main.yaml"))
+    # the main cell on the whole split, with the grid's models and settings
+    same = ("prlm_model", "sft_model", "extra_models", "max_prompt_tokens", "max_new_tokens", "prlm_max_new_tokens",
+            "force_answer_tokens", "seed", "main_retriever", "main_k", "data", "split")
+    assert all(getattr(main_cell, name) == getattr(full, name) for name in same)
+    assert main_cell.grid() == [full.main_cell] and main_cell.limit == 0 and main_cell.out != full.out
 
 
 def test_ablation_recipes_remove_one_reward_term(tmp_path):
@@ -169,3 +176,20 @@ def test_ablation_recipes_remove_one_reward_term(tmp_path):
                    if key not in (removed, "sft_steps", "sft_batch_size"))
     sweep = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
     assert set(sweep.extra_models.values()) == {"runs/commit-subject-no-pers/final", "runs/commit-subject-no-acc/final"}
+
+
+def test_two_sweeps_report_into_one_file(tmp_path, tiny_data):
+    from prlm.sweep_report import insert_section
+
+    docs = tmp_path / "results.md"
+    docs.write_text("# Results\n")
+    grid = load_sweep_config(str(_config(tmp_path, tiny_data, "m", out=str(tmp_path / "grid"))))
+    main_cell = load_sweep_config(str(_config(tmp_path, tiny_data, "m", out=str(tmp_path / "main"))))
+    for cfg in (grid, main_cell, grid):
+        insert_section(docs, cfg, [], [])
+    text = docs.read_text()
+    for cfg in (grid, main_cell):
+        begin, end = section_markers(cfg)
+        assert text.count(begin) == 1 and text.count(end) == 1
+        assert f"`{cfg.out}`" in text.split(begin)[1].split(end)[0]
+    assert text.index(section_markers(grid)[0]) < text.index(section_markers(main_cell)[0])

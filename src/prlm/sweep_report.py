@@ -20,7 +20,12 @@ from prlm.io import atomic_write_text
 from prlm.sweep import GRID_METHODS, Cell, SweepConfig, eval_options, sweep_cells
 
 METRIC = "rougeL"
-BEGIN, END = "<!-- prlm sweep: begin -->", "<!-- prlm sweep: end -->"
+
+
+def section_markers(cfg: SweepConfig) -> tuple[str, str]:
+    """Each sweep folder owns its section, so several sweeps can report into one file."""
+    name = Path(cfg.out).name
+    return f"<!-- prlm sweep {name}: begin -->", f"<!-- prlm sweep {name}: end -->"
 
 
 @dataclass
@@ -455,15 +460,17 @@ def write_sweep_report(cfg: SweepConfig, into: str | None = None) -> str:
 
 
 def insert_section(target: Path, cfg: SweepConfig, results: list[Result], plots: list[Path]) -> None:
-    images = target.parent / "img" / "sweep"
+    name = Path(cfg.out).name
+    images = target.parent / "img" / name
     images.mkdir(parents=True, exist_ok=True)
     for plot in plots:
         shutil.copyfile(plot, images / plot.name)
-    section = f"{BEGIN}\n{render_markdown(cfg, results, plots, 'img/sweep/', level=2)}{END}\n"
+    begin, end = section_markers(cfg)
+    section = f"{begin}\n{render_markdown(cfg, results, plots, f'img/{name}/', level=2)}{end}\n"
     old = target.read_text(encoding="utf-8") if target.is_file() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + section + rest.split(END, 1)[1].lstrip("\n")
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + section + rest.split(end, 1)[1].lstrip("\n")
     else:
         new = old + ("\n" if old and not old.endswith("\n") else "") + ("\n" if old else "") + section
     atomic_write_text(target, new)
