@@ -143,6 +143,19 @@ def test_spreads_and_the_claim():
     assert "not smaller than RAG's across k" in claim_sentence(methods, [("bm25", 1, Pair(0.1))], robust)
 
 
+def test_relative_spreads_put_the_floor_in_view():
+    from prlm.sweep_report import relative_spread_sentence
+
+    methods = {"rag": {"mean_rougeL": 0.05, "mean_across_retrievers": 0.02, "mean_across_k": None},
+               "prlm": {"mean_rougeL": 0.40, "mean_across_retrievers": 0.04, "mean_across_k": None}}
+    sentence = relative_spread_sentence(methods)
+    assert "rag 0.0500, prlm 0.4000" in sentence and "across retrievers rag 40%, prlm 10%" in sentence
+    assert "across k" not in sentence.split("are:")[1].split(".")[0]
+    for m in methods.values():
+        m["mean_across_retrievers"] = None
+    assert relative_spread_sentence(methods) is None
+
+
 def test_recipes_parse(tmp_path):
     for name in ("sweep-commit-subject.yaml", "sweep-commit-subject-main.yaml", "sweep-demo.yaml"):
         cfg = load_sweep_config(str(REPO / "configs" / name), [f"out={tmp_path / name}"])

@@ -156,6 +156,7 @@ def robustness(cfg: SweepConfig, results: list[Result]) -> dict:
             means = {key: r.mean for key, r in cells.items()}
             across_r, across_k = spreads(means)
             per_method[method] = {"cells": cells, "across_retrievers": across_r, "across_k": across_k,
+                                  "mean_rougeL": float(np.mean(list(means.values()))),
                                   **{f"mean_{k}": v for k, v in _family_means(means).items()}}
     out = {"methods": per_method, "difference": {}}
     if {"rag", "prlm"} <= set(per_method):
@@ -277,6 +278,9 @@ def reading(cfg: SweepConfig, results: list[Result], grid_pairs, robust: dict, m
                          + (" (within noise)." if diff["low"] <= 0 <= diff["high"] else "."))
             lines.append(line)
     lines.append(claim_sentence(methods, grid_pairs, robust))
+    relative = relative_spread_sentence(methods)
+    if relative:
+        lines.append(relative)
     table = by_cell(results)
     if ("no-profile", "none", 0) in table:
         base = table[("no-profile", "none", 0)]
@@ -331,6 +335,24 @@ def claim_sentence(methods: dict, grid_pairs, robust: dict) -> str:
             + f", and PrLM is above RAG in {above} of {len(grid_pairs)} cells"
             + (f" (the spread difference {' and '.join(f.replace('_', ' ') for f in noisy)} is within noise)"
                if noisy else "") + ".")
+
+
+def relative_spread_sentence(methods: dict) -> str | None:
+    """Spreads as a share of each method's level: a method near the floor has little room to move,
+    so a small absolute spread alone does not make it robust."""
+    present = [m for m in GRID_METHODS if m in methods and methods[m]["mean_rougeL"] > 0]
+    parts = []
+    for family, label in (("across_retrievers", "across retrievers"), ("across_k", "across k")):
+        values = [f"{m} {methods[m][f'mean_{family}'] / methods[m]['mean_rougeL']:.0%}" for m in present
+                  if methods[m][f"mean_{family}"] is not None]
+        if values:
+            parts.append(f"{label} {', '.join(values)}")
+    if not parts:
+        return None
+    levels = ", ".join(f"{m} {methods[m]['mean_rougeL']:.4f}" for m in present)
+    return (f"Relative to each method's mean ROUGE-L over its cells ({levels}), the mean spreads are: "
+            + "; ".join(parts) + ". A method near the floor has little room to move, so read the absolute "
+            "spreads with its level.")
 
 
 def main_cell_pairs(cfg: SweepConfig, results: list[Result]) -> list[tuple[str, object]]:
