@@ -206,3 +206,14 @@ def test_two_sweeps_report_into_one_file(tmp_path, tiny_data):
         assert text.count(begin) == 1 and text.count(end) == 1
         assert f"`{cfg.out}`" in text.split(begin)[1].split(end)[0]
     assert text.index(section_markers(grid)[0]) < text.index(section_markers(main_cell)[0])
+
+
+def test_one_cell_sweep_reports_without_spreads_or_plots(tmp_path, tiny_data, tiny_llama_dir):
+    config = _config(tmp_path, tiny_data, tiny_llama_dir, retrievers=["bm25"], ks=[2], sft=None,
+                     extra_models={}, methods=["rag", "prlm"])
+    assert main(["sweep", str(config)]) == 0
+    report = (tmp_path / "sweep" / "report.md").read_text()
+    assert "Robustness sweep: synthetic, dev split, 1 cell x 3 questions" in report
+    assert "No spreads: they need at least two retrievers or two values of k" in report
+    assert "| method |  |" not in report and "![ROUGE-L against k]" not in report
+    assert "cannot be judged" in report and "prlm vs rag" in report
