@@ -327,15 +327,11 @@ def run_sweep(cfg: SweepConfig, report_only: bool = False, into: str | None = No
 
 def _record_invocation(out: Path, command: str, started: float, status: dict, report_only: bool) -> None:
     """Every sweep command with its wall time, for the report's list of commands."""
+    import torch
+
     row = {"command": command or "run_sweep()", "report_only": report_only,
            "started": datetime.fromtimestamp(started, tz=timezone.utc).isoformat(timespec="seconds"),
-           "wall_time_s": round(time.time() - started, 1), "threads": _torch_threads(),
+           "wall_time_s": round(time.time() - started, 1), "threads": torch.get_num_threads(),
            "ran": sorted(n for n, s in status.items() if s == "ran")}
     with open(out / "commands.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

@@ -199,21 +199,19 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
         raise PrlmError(f"'{out}' already holds checkpoints: pass --resume to continue, or choose another --out")
     atomic_write_json(out / "train_config.json", cfg.__dict__)
 
-    model, tokenizer = load_policy(cfg.model, device="cpu")  # the Trainer moves it to its device
+    # GRPO starts from a finished warm-up when there is one (another run's, or this run's before a
+    # resume), else from the base model, which is warmed up here when sft_steps asks for it.
+    warm = out / "sft-model"
+    done_warmup = cfg.warmup_from or (str(warm) if cfg.sft_steps and (warm / "config.json").is_file() else "")
+    model, tokenizer = load_policy(done_warmup or cfg.model, device="cpu")  # the Trainer moves it to its device
     rows = training_rows(cfg, tokenizer)
     if not rows:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
     atomic_write_jsonl(out / "train_prompts.jsonl", rows)
-
-    warm = out / "sft-model"
-    if cfg.warmup_from:
-        model, tokenizer = load_policy(cfg.warmup_from, device="cpu")
-    elif cfg.sft_steps and not (warm / "config.json").is_file():
+    if cfg.sft_steps and not done_warmup:
         model = supervised_warmup(cfg, rows, model, tokenizer)
         model.save_pretrained(warm)
         tokenizer.save_pretrained(warm)
-    elif cfg.sft_steps:
-        model, tokenizer = load_policy(str(warm), device="cpu")
 
     funcs, weights = reward_functions(cfg)
     funcs += [f for f, _ in extra_rewards]
