@@ -46,3 +46,25 @@ def test_forcing_off_leaves_answers_empty(tmp_path, policy_tokenizer):
     summary, rows, gen = _eval(tmp_path, policy_tokenizer, 0)
     assert len(gen.calls) == 1 and [r["answer"] for r in rows][1:] == ["", "", ""]
     assert summary["forced_answers"] == 0
+
+
+class EmptyAnswerGenerator(ScriptedGenerator):
+    """First pass: every completion closes its reasoning but leaves the answer empty."""
+
+    def generate(self, prompts, params, progress=True, desc=""):
+        self.calls.append((list(prompts), params))
+        if len(self.calls) == 1:
+            return [[" reasoning</think>\n<answer></answer>"] for _ in prompts]
+        return [["forced title</answer>"] for _ in prompts]
+
+
+def test_an_empty_answer_section_is_replaced_not_followed(tmp_path, policy_tokenizer):
+    data = write_lamp(tmp_path / "data")
+    gen = EmptyAnswerGenerator()
+    cfg = EvalConfig(task="LaMP-4", data=str(data), split="dev", method="prlm", retriever="bm25", k=1,
+                     out=str(tmp_path / "run"), force_answer_tokens=8)
+    run_eval(cfg, progress=False, generator=gen, tokenizer=policy_tokenizer)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in rows] == ["forced title"] * len(rows)
+    assert rows[0]["completion"] == " reasoning</think>\n<answer>forced title</answer>"
+    assert gen.calls[1][0][0].endswith("reasoning</think>\n<answer>")

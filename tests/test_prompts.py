@@ -61,7 +61,7 @@ REASONING_CASES = [
     ("The user is terse.</think>\n<answer>Fix the parser</answer>", "The user is terse.", "Fix the parser"),
     ("r</think><answer>  \"Fix the parser\"  </answer> trailing", "r", "Fix the parser"),
     ("r</think><answer>Fix the parser", "r", "Fix the parser"),  # unclosed answer
-    ("r</think>\nFix the parser\nmore text", "r", "Fix the parser"),  # no answer tags
+    ("r</think>\nFix the parser\nmore text", "r", ""),  # no answer tag: not an answer (issue 12)
     ("r</think><answer></answer>", "r", ""),  # empty answer
     ("r</think><answer>Headline: Fix it</answer>", "r", "Fix it"),  # label stripped
     ("reasoning that never closes", "reasoning that never closes", ""),

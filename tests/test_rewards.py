@@ -12,7 +12,7 @@ CASES = [
     ("<think> repeated pre-fill is fine</think><answer>fix the parser crash</answer>", 1.0, 3.0),
     (" r</think><answer>fix the parser</answer>", 1.0, None),  # partial credit
     (" r</think><answer></answer>", 0.0, 0.0),  # empty answer
-    (" r</think>fix the parser crash", 0.0, 3.0),  # no answer tags: accuracy still read, format fails
+    (" r</think>fix the parser crash", 0.0, 0.0),  # no answer tag: nothing to score (the authors' reward)
     (" never closed <answer>fix the parser crash</answer>", 0.0, 3.0),
     (" r</think><answer>fix the parser crash</answer> and more", 0.0, 3.0),  # trailing text
     ("", 0.0, 0.0),
@@ -30,13 +30,11 @@ def test_reward_table(completion, fmt, acc):
         assert got == pytest.approx(acc)
 
 
-def test_chat_message_completions_and_weights_sum():
+def test_chat_message_completions_are_read():
     completion = [{"role": "assistant", "content": " r</think><answer>fix the parser crash</answer>"}]
     acc = AccuracyReward(normalize=True)([""], [completion], gold=[GOLD])[0]
     fmt = FormatReward()([""], [completion])[0]
     assert acc == pytest.approx(1.0) and fmt == 1.0
-    # TRL's weighted sum with the default weights 1.0 / 0.1 (personalization off)
-    assert 1.0 * acc + 0.1 * fmt == pytest.approx(1.1)
 
 
 def test_accuracy_metric_choice():

@@ -129,18 +129,25 @@ def test_spreads_and_the_claim():
     assert across_r == pytest.approx({1: 0.20, 4: 0.05}) and across_k == pytest.approx({"random": 0.10, "bm25": 0.05})
 
     class Pair:
-        def __init__(self, diff):
-            self.diff = diff
-    methods = {"rag": {"mean_across_retrievers": 0.2, "mean_across_k": 0.1},
-               "prlm": {"mean_across_retrievers": 0.1, "mean_across_k": 0.05}}
-    robust = {"difference": {"across_retrievers": {"low": 0.01}, "across_k": {"low": -0.01}}}
-    holds = claim_sentence(methods, [("bm25", 1, Pair(0.1)), ("bm25", 4, Pair(0.1)), ("random", 1, Pair(-0.1))],
-                           robust)
-    assert "holds in our setting" in holds and "across k is within noise" in holds
-    fails = claim_sentence(methods, [("bm25", 1, Pair(0.1)), ("bm25", 4, Pair(-0.1))], robust)
-    assert "does not hold" in fails and "only 1 of 2" in fails
-    methods["prlm"]["mean_across_k"] = 0.3
-    assert "not smaller than RAG's across k" in claim_sentence(methods, [("bm25", 1, Pair(0.1))], robust)
+        def __init__(self, low, high):
+            self.low, self.high = low, high
+    up, down, unsure = Pair(0.05, 0.2), Pair(-0.2, -0.05), Pair(-0.1, 0.1)
+    methods = {"rag": {}, "prlm": {}}
+
+    def robust(r_low, r_high, k_low, k_high):
+        return {"difference": {"across_retrievers": {"diff": (r_low + r_high) / 2, "low": r_low, "high": r_high},
+                               "across_k": {"diff": (k_low + k_high) / 2, "low": k_low, "high": k_high}}}
+    assert "claim holds" in claim_sentence(methods, [("bm25", 1, up), ("bm25", 4, up)], robust(.01, .1, .02, .2))
+    # a spread difference whose interval spans zero decides nothing, whatever its point estimate
+    spans = claim_sentence(methods, [("bm25", 1, up), ("bm25", 4, up)], robust(-.01, .1, .02, .2))
+    assert "is not shown either way" in spans and "across retrievers is not distinguishable from" in spans
+    spans_below = claim_sentence(methods, [("bm25", 1, up), ("bm25", 4, up)], robust(-.1, .01, -.05, .02))
+    assert "is not shown either way" in spans_below
+    assert "does not hold" in claim_sentence(methods, [("bm25", 1, up)], robust(-.2, -.01, .02, .2))
+    assert "does not hold" in claim_sentence(methods, [("bm25", 1, down), ("bm25", 4, down)],
+                                             robust(.01, .1, .02, .2))
+    assert "not shown either way" in claim_sentence(methods, [("bm25", 1, unsure), ("bm25", 4, up)],
+                                                    robust(.01, .1, .02, .2))
 
 
 def test_relative_spreads_put_the_floor_in_view():

@@ -12,7 +12,7 @@ from prlm.config import EvalConfig
 from prlm.data import get_task, load_split
 from prlm.evaluation import environment, meteor_status, score_predictions, write_run
 from prlm.generation import SamplingParams, make_generator
-from prlm.prompts import build_prompt, parse_completion
+from prlm.prompts import build_prompt, first_answer_start, parse_completion
 from prlm.retrieval import DenseRetriever, make_retriever
 from prlm.reward.format import has_reasoning_format
 
@@ -94,8 +94,7 @@ def force_answers(generator, prompts, completions: list[str], todo: list[int], c
     opened, and the model writes the answer, greedily."""
     if not todo:
         return completions
-    heads = [completions[i] + ("\n<answer>" if "</think>" in completions[i].lower() else ANSWER_FORCING)
-             for i in todo]
+    heads = [_forcing_head(completions[i]) for i in todo]
     params = SamplingParams(max_new_tokens=cfg.force_answer_tokens, temperature=0.0, seed=cfg.seed,
                             stop=["</answer>"])
     tails = generator.generate([prompts[i].text + head for i, head in zip(todo, heads)], params, progress=progress,
@@ -104,6 +103,17 @@ def force_answers(generator, prompts, completions: list[str], todo: list[int], c
     for i, head, tail in zip(todo, heads, tails):
         completions[i] = head + tail[0]
     return completions
+
+
+def _forcing_head(completion: str) -> str:
+    """The completion up to where its answer must start, with the answer tag opened.
+
+    An answer section that came out empty (`<answer></answer>`) is cut away first: the parser
+    reads the first `<answer>`, so a second one appended after it would never be read."""
+    start = first_answer_start(completion)
+    if start != -1:
+        completion = completion[:start].rstrip()
+    return completion + ("\n<answer>" if "</think>" in completion.lower() else ANSWER_FORCING)
 
 
 def rescore_run(path: str | Path) -> dict:

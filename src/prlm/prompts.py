@@ -186,18 +186,25 @@ def parse_completion(completion: str, style: str, task: Task | None = None, pref
     if think_open != -1:
         end = think_close if think_close != -1 else (answer_open if answer_open != -1 else len(full))
         reasoning = full[think_open + len("<think>"): end].strip()
+    # The answer is what the first <answer> section holds, as in the authors' reward: text after
+    # </think> without an answer tag is not an answer (the format was not followed), and the reward
+    # and evaluation read the same thing. An unclosed section still counts: generation stops at
+    # </answer> (the stop string may be cut off) or at the token budget inside the answer.
+    answer = ""
     if answer_open != -1:
         rest = full[answer_open + len("<answer>"):]
         close = rest.lower().find("</answer>")
         answer = clean_answer(rest[:close] if close != -1 else rest, task)
-    elif think_close != -1:
-        answer = clean_answer(full[think_close + len("</think>"):], task)
-    elif think_open != -1:
-        answer = ""  # reasoning never closed: no answer was given
-    else:
+    elif think_open == -1 and think_close == -1:
+        # No tag at all: a model that ignored the format entirely; its last line is its answer.
         lines = [ln for ln in _TAG.sub(" ", full).splitlines() if ln.strip()]
         answer = clean_answer(lines[-1], task) if lines else ""
     return Parsed(reasoning=reasoning, answer=answer)
+
+
+def first_answer_start(completion: str) -> int:
+    """Index of the first `<answer>` tag in a completion, -1 when there is none."""
+    return completion.lower().find("<answer>")
 
 
 def prompted_examples(cfg, tokenizer, style: str):

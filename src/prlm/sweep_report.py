@@ -311,30 +311,41 @@ def reading(cfg: SweepConfig, results: list[Result], grid_pairs, robust: dict, m
 
 
 def claim_sentence(methods: dict, grid_pairs, robust: dict) -> str:
+    """The paper's robustness claim judged from intervals only: "holds" when every interval says so,
+    "does not hold" when one says the opposite, else "not shown either way". Point estimates alone
+    never decide, and nothing is normalised here (relative spreads are reported separately)."""
     if not ({"rag", "prlm"} <= set(methods) and grid_pairs):
         return "The paper's robustness claim cannot be judged: the sweep lacks rag or prlm cells."
-    families = [f for f in ("across_retrievers", "across_k")
-                if methods["prlm"][f"mean_{f}"] is not None and methods["rag"][f"mean_{f}"] is not None]
+    families = [f for f in ("across_retrievers", "across_k") if f in robust["difference"]]
     if not families:
         return ("The paper's robustness claim cannot be judged: spreads need at least two retrievers or two "
                 "values of k.")
-    smaller = [f for f in families if methods["prlm"][f"mean_{f}"] < methods["rag"][f"mean_{f}"]]
-    above = sum(p.diff > 0 for _, _, p in grid_pairs)
-    most = above > len(grid_pairs) / 2
-    failures = []
-    if len(smaller) < len(families):
-        failures.append("PrLM's spread is not smaller than RAG's "
-                        + " and ".join(f.replace("_", " ") for f in families if f not in smaller))
-    if not most:
-        failures.append(f"PrLM is above RAG in only {above} of {len(grid_pairs)} cells")
-    if failures:
-        return "The paper's robustness claim does not hold in our setting: " + "; ".join(failures) + "."
-    noisy = [f for f in families if robust["difference"].get(f, {}).get("low", 1) <= 0]
-    return ("The paper's robustness claim holds in our setting: PrLM's spread is smaller than RAG's "
-            + " and ".join(f.replace("_", " ") for f in families)
-            + f", and PrLM is above RAG in {above} of {len(grid_pairs)} cells"
-            + (f" (the spread difference {' and '.join(f.replace('_', ' ') for f in noisy)} is within noise)"
-               if noisy else "") + ".")
+    # difference = RAG's spread minus PrLM's: above zero means PrLM moves less.
+    verdicts = {f: _interval_verdict(robust["difference"][f]["low"], robust["difference"][f]["high"])
+                for f in families}
+    above = sum(p.low > 0 for _, _, p in grid_pairs)
+    below = sum(p.high < 0 for _, _, p in grid_pairs)
+    cells = len(grid_pairs)
+    parts = [f"PrLM's spread {f.replace('_', ' ')} is {verdicts[f]} RAG's "
+             f"(RAG minus PrLM {robust['difference'][f]['diff']:+.4f} "
+             f"[{robust['difference'][f]['low']:+.4f}, {robust['difference'][f]['high']:+.4f}])" for f in families]
+    parts.append(f"PrLM is above RAG with an interval above zero in {above} of {cells} cells and below it "
+                 f"with an interval below zero in {below}")
+    if all(v == "smaller than" for v in verdicts.values()) and above > cells / 2:
+        verdict = "holds"
+    elif any(v == "larger than" for v in verdicts.values()) or below > cells / 2:
+        verdict = "does not hold"
+    else:
+        verdict = "is not shown either way"
+    return f"The paper's robustness claim {verdict} in our setting: " + "; ".join(parts) + "."
+
+
+def _interval_verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "smaller than"
+    if high < 0:
+        return "larger than"
+    return "not distinguishable from"
 
 
 def relative_spread_sentence(methods: dict) -> str | None:
