@@ -49,7 +49,7 @@ def test_recipes_build_their_stages(tmp_path):
     for name in ("cpu-demo.yaml", "cpu-commit-subject.yaml"):
         cfg = load_study_config(str(REPO / "configs" / name), [f"out={tmp_path / name}"])
         names = [s.name for s in build_stages(cfg)]
-        ablation = ["eval-prlm-warmup"] if name == "cpu-commit-subject.yaml" else []
+        ablation = ["eval-warmup-only"] if name == "cpu-commit-subject.yaml" else []
         assert names == ["data", "retrieval", "eval-no-profile", "eval-rag", "rm-pairs", "rm-train", "train",
                          "eval-prlm", *ablation, "report"]
     cfg = load_study_config(str(REPO / "configs" / "cpu-demo.yaml"),
@@ -58,7 +58,7 @@ def test_recipes_build_their_stages(tmp_path):
     assert "rm-train" not in stages and stages["train"].config["max_steps"] == 3
     with_ablation = [s.name for s in build_stages(load_study_config(
         str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", "eval_warmup_only=true"]))]
-    assert with_ablation[-2:] == ["eval-prlm-warmup", "report"]
+    assert with_ablation[-2:] == ["eval-warmup-only", "report"]
     reuse = {s.name: s for s in build_stages(load_study_config(
         str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", f"rm.model={tmp_path}"]))}
     assert "rm-pairs" not in reuse and reuse["train"].config["reward_model"] == str(tmp_path)
@@ -69,3 +69,30 @@ def test_bad_overrides(tmp_path):
         load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), ["train.max_steps"])
     with pytest.raises(PrlmError, match="unknown option"):
         load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), ["colour=red"])
+
+
+def test_test_split_only_as_the_final_step(tmp_path):
+    recipe = str(REPO / "configs" / "cpu-commit-subject.yaml")
+    with pytest.raises(PrlmError, match="--final"):
+        load_study_config(recipe, [f"out={tmp_path}", "eval_split=test"])
+    dev = {s.name: s for s in build_stages(load_study_config(recipe, [f"out={tmp_path}"]))}
+    final = {s.name: s for s in build_stages(load_study_config(recipe, [f"out={tmp_path}"]), final=True)}
+    assert dev["eval-prlm"].config["split"] == "dev" and final["final-prlm"].config["split"] == "test"
+    assert final["final-prlm"].config["out"] == str(tmp_path / "final-test" / "prlm")
+    # the final step reuses the dev run's training: same stage, same fingerprinted config
+    assert final["train"].config == dev["train"].config and "eval-prlm" not in final
+
+
+def test_checkpoint_chosen_on_dev_needs_dev_evaluations(tmp_path):
+    recipe = str(REPO / "configs" / "cpu-commit-subject.yaml")
+    with pytest.raises(PrlmError, match="dev_eval_steps"):
+        load_study_config(recipe, [f"out={tmp_path}", "checkpoint=dev-best"])
+    cfg = load_study_config(recipe, [f"out={tmp_path}", "checkpoint=dev-best", "train.dev_eval_steps=5"])
+    assert {s.name: s for s in build_stages(cfg)}["eval-prlm"].config["model"] == str(tmp_path / "train" / "best")
+
+
+def test_results_records_are_kept_when_asked(tmp_path):
+    recipe = str(REPO / "configs" / "cpu-commit-subject.yaml")
+    cfg = load_study_config(recipe, [f"out={tmp_path}", "results_data=git-commit-subject"])
+    names = [s.name for s in build_stages(cfg, final=True, command="prlm run x --final", recipe="x")]
+    assert names[-2:] == ["results-final-test", "final-report"]

@@ -163,12 +163,21 @@ def test_relative_spreads_put_the_floor_in_view():
     assert relative_spread_sentence(methods) is None
 
 
+def test_the_test_split_only_as_the_final_step(tmp_path):
+    recipe = str(REPO / "configs" / "sweep-commit-subject-main.yaml")
+    with pytest.raises(PrlmError, match="final"):
+        load_sweep_config(recipe, [f"out={tmp_path}", "split=test"])
+    with pytest.raises(PrlmError, match="final"):
+        load_sweep_config(recipe, [f"out={tmp_path}", "final=true"])
+    assert load_sweep_config(recipe, [f"out={tmp_path}", "split=test", "final=true"]).split == "test"
+
+
 def test_recipes_parse(tmp_path):
     for name in ("sweep-commit-subject.yaml", "sweep-commit-subject-main.yaml", "sweep-demo.yaml"):
         cfg = load_sweep_config(str(REPO / "configs" / name), [f"out={tmp_path / name}"])
         assert cfg.grid()[0] == cfg.main_cell
     full = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
-    assert full.split == "test" and full.prlm_model == "runs/commit-subject/train/final"
+    assert full.split == "dev" and full.prlm_model == "runs/commit-subject/train/final"
     assert len(sweep_cells(full)) == 1 + 2 * 16 + 1 + len(full.extra_models)
     main_cell = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject-main.yaml"))
     # the main cell on the whole split, with the grid's models and settings

@@ -108,12 +108,40 @@ def _cmd_sweep(args) -> None:
 def _cmd_run(args) -> None:
     from prlm.study import load_study_config, run_study
 
+    import shlex
+
     cfg = load_study_config(args.config, args.set)
-    status = run_study(cfg)
+    words = ["prlm", "run", args.config] + [w for item in args.set for w in ("--set", item)]
+    status = run_study(cfg, final=args.final, command=shlex.join(words + (["--final"] if args.final else [])),
+                       recipe=args.config)
     print("stages: " + ", ".join(f"{name} {what}" for name, what in status.items()))
-    report = Path(cfg.out) / "report.md"
+    report = Path(cfg.out) / ("final-test" if args.final else "eval") / "report.md"
     if status.get("report") == "skipped" and report.is_file():
         print(report.read_text(encoding="utf-8"), end="")
+
+
+def _cmd_results_add(args) -> None:
+    from prlm.results import add_record
+
+    folder = add_record(args.run, args.results, args.data_name, args.method, args.selected_on, args.command,
+                        recipe=args.recipe, train_summary=args.train_summary)
+    print(f"kept the record of {args.run} in {folder}/ (predictions.jsonl.gz, summary.json); "
+          "regenerate the docs with `prlm report`")
+
+
+def _cmd_report(args) -> None:
+    from prlm.results import render_report, write_report
+
+    if args.check:
+        json_text, markdown = render_report(args.results, Path(args.markdown).read_text(encoding="utf-8"))
+        stale = [p for p, text in ((args.json, json_text), (args.markdown, markdown))
+                 if not Path(p).is_file() or Path(p).read_text(encoding="utf-8") != text]
+        if stale:
+            raise PrlmError(f"{', '.join(stale)} differ from what {args.results}/ gives; run `prlm report`")
+        print(f"{args.json} and {args.markdown} match {args.results}/")
+        return
+    write_report(args.results, args.json, args.markdown)
+    print(f"wrote {args.json} and the generated section of {args.markdown} from {args.results}/")
 
 
 def _cmd_serve(args) -> None:
@@ -194,7 +222,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="study YAML (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override an option, dotted for sections: --set train.max_steps=5 (repeatable)")
+    p.add_argument("--final", action="store_true",
+                   help="the protocol's final step: evaluate the test split once with the models the dev runs "
+                        "chose (trains only what is missing); results in OUT/final-test/")
     p.set_defaults(func=_cmd_run)
+
+    results = sub.add_parser("results", help="committed result records (results/)").add_subparsers(
+        dest="results_command", required=True)
+    p = results.add_parser("add", help="keep a compact record of a run folder under results/DATA/SPLIT/METHOD/")
+    p.add_argument("run", help="run folder (from prlm eval or prlm run)")
+    p.add_argument("--data-name", required=True, help="dataset name in the record, e.g. git-commit-subject")
+    p.add_argument("--method", required=True, help="method name: no-profile, rag, sft, warmup-only, prlm, "
+                                                   "prlm-rl-only, or an ablation's name (prlm-...)")
+    p.add_argument("--selected-on", required=True, choices=("dev", "fixed in advance"),
+                   help="how the recipe and checkpoint were chosen: on dev, or fixed before any evaluation")
+    p.add_argument("--command", required=True, help="the command that reproduces the run")
+    p.add_argument("--recipe", default="", help="the recipe's config file, e.g. configs/commit-subject.yaml")
+    p.add_argument("--train-summary", default=None, help="train_summary.json of the model's training run")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.set_defaults(func=_cmd_results_add)
+
+    p = sub.add_parser("report", help="regenerate docs/results.json and the tables of docs/results.md from "
+                                      "results/ alone")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--json", default="docs/results.json", help="JSON to write (default: docs/results.json)")
+    p.add_argument("--markdown", default="docs/results.md",
+                   help="markdown whose generated section is rewritten (default: docs/results.md)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 2 when the files are stale")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("serve", help="the personalized generation API and web page over a per-user profile store "
                                      "(admin token from $PRLM_ADMIN_TOKEN or --admin-token-file)")

@@ -119,7 +119,11 @@ def environment() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions}
+    import torch
+
+    # Wall times on a shared 2-core machine depend on the thread count: record it beside them.
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "versions": versions,
+            "torch_threads": torch.get_num_threads()}
 
 
 def write_run(out: str | Path, rows: list[dict], summary: dict, task_name: str) -> None:

@@ -1,7 +1,12 @@
 """`prlm run CONFIG`: the whole study on one dataset, stage by stage.
 
 Stages: data -> retrieval -> rm-pairs -> rm-train -> train -> eval-no-profile,
-eval-rag, eval-prlm -> report. Each stage records a fingerprint of its config
+eval-rag, eval-prlm (eval-warmup-only) -> report.
+
+The protocol: every evaluation of a recipe is on `eval_split` (dev, or train),
+where its choices are made; the test split is evaluated only by the explicit
+final step, `prlm run CONFIG --final`, which reuses the trained models and
+writes `out/final-test/` (and, with `results_data`, records under `results/`). Each stage records a fingerprint of its config
 (and of the stages it depends on) in `out/stages/NAME.json` when it finishes;
 a rerun skips every stage whose fingerprint is unchanged, so a crashed study
 resumes where it stopped, and a changed option reruns what depends on it.
@@ -34,7 +39,12 @@ class StudyConfig:
     retriever: str = opt("bm25", "Profile retriever for every method.")
     k: int = opt(4, "Profile entries retrieved per question.")
     max_prompt_tokens: int = opt(768, "Token limit of every prompt.")
-    eval_split: str = opt("dev", "Split the three methods are evaluated on.")
+    eval_split: str = opt("dev", "Split the methods are evaluated on while the recipe is chosen: dev (or train). "
+                          "The test split is evaluated only by the final step, `prlm run CONFIG --final`.")
+    checkpoint: str = opt("final", "Policy evaluated as prlm: 'final' (the last GRPO step, fixed in advance) or "
+                          "'dev-best' (the step best on the dev subset, needs train.dev_eval_steps > 0).")
+    results_data: str = opt("", "Dataset name under which compact records of every evaluation are kept in "
+                            "results/DATA/SPLIT/METHOD/ for `prlm report` (empty = keep none).")
     eval_limit: int = opt(0, "Evaluate the first N questions only (0 = all).")
     eval_max_new_tokens: int = opt(32, "Answer length of no-profile and rag.")
     prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
@@ -52,7 +62,13 @@ class StudyConfig:
         if not self.out:
             raise PrlmError("out is required in the study config (the study folder)")
         get_task(self.task)
-        check_choice("eval_split", self.eval_split, SPLITS)
+        if self.eval_split == "test":
+            raise PrlmError("eval_split: test is not allowed: choices are made on dev, and the test split is "
+                            "evaluated once, by the final step: set eval_split: dev and run `prlm run CONFIG --final`")
+        check_choice("eval_split", self.eval_split, tuple(s for s in SPLITS if s != "test"))
+        check_choice("checkpoint", self.checkpoint, ("final", "dev-best"))
+        if self.checkpoint == "dev-best" and not int(dict(self.train or {}).get("dev_eval_steps", 0)):
+            raise PrlmError("checkpoint: dev-best needs train.dev_eval_steps > 0 (the dev evaluations that choose it)")
         self.rm = dict(self.rm or {})
         self.train = dict(self.train or {})
         if not self.data:
@@ -122,11 +138,15 @@ def run_stages(out: Path, stages: list[Stage], log=print) -> dict[str, str]:
     return status
 
 
-def build_stages(cfg: StudyConfig) -> list[Stage]:
+def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> list[Stage]:
+    """The study's stages; `final` evaluates the test split with the models the dev runs chose."""
     from prlm.config import EvalConfig
     from prlm.training.config import TrainConfig
 
     out = Path(cfg.out)
+    split = "test" if final else cfg.eval_split
+    evals = out / ("final-test" if final else "eval")
+    prefix = "final-" if final else "eval-"
     shared = dict(task=cfg.task, data=cfg.data, retriever=cfg.retriever, k=cfg.k, seed=cfg.seed)
     stages: list[Stage] = []
 
@@ -141,8 +161,8 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
 
     stages.append(Stage("retrieval", shared, lambda: _record_retrieval(cfg, out / "retrieval"), deps=["data"]))
 
-    trained = str(out / "train" / "final")
-    eval_common = dict(task=cfg.task, data=cfg.data, split=cfg.eval_split, limit=cfg.eval_limit, seed=cfg.seed,
+    trained = str(out / "train" / ("best" if cfg.checkpoint == "dev-best" else "final"))
+    eval_common = dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.eval_limit, seed=cfg.seed,
                        max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
     methods = {
         "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
@@ -153,14 +173,14 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
     }
     eval_stages = {}
     for name, method_opts in methods.items():
-        opts = {**eval_common, **method_opts, "out": str(out / "eval" / name)}
+        opts = {**eval_common, **method_opts, "out": str(evals / name)}
         EvalConfig(**opts)
 
         def evaluate(opts=opts):
             from prlm.pipeline import run_eval
 
             run_eval(EvalConfig(**opts))
-        eval_stages[name] = Stage(f"eval-{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"])
+        eval_stages[name] = Stage(f"{prefix}{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"])
     # Baselines first: their results come early and do not wait for training.
     stages += [eval_stages["no-profile"], eval_stages["rag"]]
 
@@ -208,25 +228,44 @@ def build_stages(cfg: StudyConfig) -> list[Stage]:
 
     stages.append(eval_stages["prlm"])
     if cfg.eval_warmup_only and int(train_opts.get("sft_steps", 0)) > 0:
-        methods["prlm-warmup"] = dict(methods["prlm"], model=str(out / "train" / "sft-model"))
-        opts = {**eval_common, **methods["prlm-warmup"], "out": str(out / "eval" / "prlm-warmup")}
+        methods["warmup-only"] = dict(methods["prlm"], model=str(out / "train" / "sft-model"))
+        opts = {**eval_common, **methods["warmup-only"], "out": str(evals / "warmup-only")}
 
         def evaluate_warmup(opts=opts):
             from prlm.pipeline import run_eval
 
             run_eval(EvalConfig(**opts))
-        stages.append(Stage("eval-prlm-warmup", opts, evaluate_warmup, deps=["train"]))
+        stages.append(Stage(f"{prefix}warmup-only", opts, evaluate_warmup, deps=["train"]))
+    eval_names = [f"{prefix}{n}" for n in methods]
+    if cfg.results_data:
+        stages.append(_results_stage(cfg, methods, evals, command, recipe, eval_names))
 
     def report():
         from prlm.report import write_report
 
         comparisons = [("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm")]
-        if "prlm-warmup" in methods:
-            comparisons.append(("prlm-warmup", "prlm"))
-        print(write_report(out, {n: out / "eval" / n for n in methods}, comparisons,
+        if "warmup-only" in methods:
+            comparisons.append(("warmup-only", "prlm"))
+        print(write_report(evals, {n: evals / n for n in methods}, comparisons,
                            train_log=out / "train" / "train_log.jsonl"))
-    stages.append(Stage("report", {"version": 1}, report, deps=[f"eval-{n}" for n in methods]))
+    stages.append(Stage(f"{'final-' if final else ''}report", {"version": 2}, report, deps=eval_names))
     return stages
+
+
+def _results_stage(cfg: StudyConfig, methods: dict, evals: Path, command: str, recipe: str,
+                   deps: list[str]) -> Stage:
+    """Compact records of every evaluation in results/, for `prlm report` (the run folders stay out of git)."""
+    trained = {"prlm", "warmup-only"}
+
+    def keep():
+        from prlm.results import add_record
+
+        for name in methods:
+            train_summary = Path(cfg.out) / "train" / "train_summary.json"
+            selected = "dev" if name == "prlm" and cfg.checkpoint == "dev-best" else "fixed in advance"
+            add_record(evals / name, "results", cfg.results_data, name, selected, command, recipe=recipe,
+                       train_summary=train_summary if name in trained and train_summary.is_file() else None)
+    return Stage(f"results-{evals.name}", {"data": cfg.results_data, "command": command}, keep, deps=deps)
 
 
 def _check_data(cfg: StudyConfig) -> None:
@@ -261,8 +300,9 @@ def _record_retrieval(cfg: StudyConfig, folder: Path) -> None:
         atomic_write_jsonl(folder / f"{split}.jsonl", rows)
 
 
-def run_study(cfg: StudyConfig) -> dict[str, str]:
+def run_study(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> dict[str, str]:
+    """Run (or resume) the study; `final` adds nothing to training and evaluates the test split once."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    return run_stages(out, build_stages(cfg))
+    return run_stages(out, build_stages(cfg, final=final, command=command, recipe=recipe))

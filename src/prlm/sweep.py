@@ -37,7 +37,9 @@ class SweepConfig:
     out: str = opt("", "Folder of the sweep: retrieval/, cells/, sft/, report.md, cells.csv, plots/.")
     task: str = opt("commit-subject", "Task name from the task table.")
     data: str = opt("", "Dataset folder in LaMP's layout.")
-    split: str = opt("test", "Split every cell is evaluated on.")
+    split: str = opt("dev", "Split every cell is evaluated on: dev while choices are made; test only with final: true.")
+    final: bool = opt(False, "This sweep is the protocol's final confirmation on the test split (set it together with "
+                             "split: test, once, after every choice was made on dev).")
     limit: int = opt(0, "Evaluate the first N questions only (0 = all); for a reduced sweep on a CPU.")
     methods: list = opt(SWEEP_METHODS, "Methods of the grid: no-profile (once), rag and prlm (every cell).")
     retrievers: list = opt(("random", "recency", "bm25", "dense"), "Retrievers of the grid.")
@@ -73,6 +75,9 @@ class SweepConfig:
             raise PrlmError("data is required in the sweep config (a dataset folder in LaMP's layout)")
         get_task(self.task)
         check_choice("split", self.split, SPLITS)
+        if (self.split == "test") != self.final:
+            raise PrlmError("split: test goes with final: true and only with it: choices are made on dev, and the "
+                            "test split is evaluated once, as the final step (--set split=test --set final=true)")
         self.methods, self.retrievers = list(self.methods or []), list(self.retrievers or [])
         self.ks = [int(k) for k in self.ks or []]
         if not self.methods:

@@ -1,0 +1,114 @@
+"""Committed records (results/) and the docs made from them alone."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from prlm import PrlmError
+from prlm.cli import main
+from prlm.evaluation import write_run
+from prlm.results import (SECTION_BEGIN, SECTION_END, add_record, comparisons, load_records, render_report,
+                          replace_section, results_json)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(folder: Path, split: str, scores: list[float], method: str = "rag") -> Path:
+    rows = [{"id": f"q{i}", "user_id": f"u{i % 2}", "answer": f"a{i}", "gold": f"g{i}", "prompt": "long prompt",
+             "completion": f"<think>r</think><answer>a{i}</answer>", "format_ok": method == "prlm",
+             "metrics": {"rouge1": s, "rouge2": s / 2, "rougeL": s}} for i, s in enumerate(scores)]
+    if method != "prlm":
+        for row in rows:
+            del row["format_ok"]
+    summary = {"name": folder.name, "task": "commit-subject", "data": "d", "split": split, "n": len(rows),
+               "metrics": {k: sum(r["metrics"][k] for r in rows) / len(rows) for k in ("rouge1", "rouge2", "rougeL")},
+               "config": {"method": method, "retriever": "bm25", "k": 4}, "environment": {"torch_threads": 2}, "wall_time_s": 12.0,
+               **({"format_rate": 1.0} if method == "prlm" else {})}
+    write_run(folder, rows, summary, "commit-subject")
+    return folder
+
+
+def _records(tmp_path) -> Path:
+    root = tmp_path / "results"
+    add_record(_run(tmp_path / "rag", "test", [0.1, 0.2, 0.1, 0.0]), root, "ds", "rag", "fixed in advance", "prlm eval x")
+    add_record(_run(tmp_path / "prlm", "test", [0.5, 0.4, 0.6, 0.3], "prlm"), root, "ds", "prlm", "dev", "prlm run y")
+    return root
+
+
+def test_a_record_keeps_what_a_reader_needs_and_no_prompt(tmp_path):
+    root = _records(tmp_path)
+    with gzip.open(root / "ds" / "test" / "prlm" / "predictions.jsonl.gz", "rt") as handle:
+        row = json.loads(handle.readline())
+    assert row["id"] == "q0" and row["rougeL"] == 0.5 and row["format_ok"] is True and "prompt" not in row
+    assert row["completion"].startswith("<think>")
+    summary = json.loads((root / "ds" / "test" / "prlm" / "summary.json").read_text())
+    assert summary["selected_on"] == "dev" and summary["command"] == "prlm run y" and summary["n"] == 4
+    rag_row = load_records(root)[("ds", "test", "rag")][1][0]
+    assert "completion" not in rag_row  # only the reasoning prompt's completions are kept
+
+
+def test_records_are_byte_stable(tmp_path):
+    root = _records(tmp_path)
+    first = (root / "ds" / "test" / "rag" / "predictions.jsonl.gz").read_bytes()
+    add_record(tmp_path / "rag", root, "ds", "rag", "fixed in advance", "prlm eval x")
+    assert (root / "ds" / "test" / "rag" / "predictions.jsonl.gz").read_bytes() == first
+
+
+def test_comparisons_in_the_protocol_schema(tmp_path):
+    rows = comparisons(load_records(_records(tmp_path)), samples=500)
+    rouge_l = next(r for r in rows if r["metric"] == "rougeL")
+    assert (rouge_l["a"], rouge_l["b"], rouge_l["n"], rouge_l["split"]) == ("rag", "prlm", 4, "test")
+    assert rouge_l["diff"] == pytest.approx(0.35) and rouge_l["lo"] > 0 and rouge_l["hi"] >= rouge_l["diff"]
+    assert rouge_l["selected_on"] == "dev" and rouge_l["command"] == "prlm run y"
+    schema = {"data", "split", "n", "metric", "a", "b", "a_score", "b_score", "diff", "lo", "hi", "selected_on",
+              "command", "commit"}
+    assert schema <= set(rouge_l)
+
+
+def test_different_questions_are_refused(tmp_path):
+    root = _records(tmp_path)
+    add_record(_run(tmp_path / "short", "test", [0.1, 0.2]), root, "ds", "no-profile", "fixed in advance", "c")
+    with pytest.raises(PrlmError, match="different questions"):
+        comparisons(load_records(root), samples=10)
+
+
+def test_reward_model_rows_are_collected(tmp_path):
+    root = _records(tmp_path)
+    (root / "reward-model").mkdir()
+    row = {"data": "ds", "split": "dev", "pairs": "own-vs-other-user", "n": 3, "accuracy": 0.7, "lo": 0.5,
+           "hi": 0.9, "command": "prlm rm eval"}
+    (root / "reward-model" / "a.json").write_text(json.dumps({"rows": [row]}))
+    assert results_json(root, samples=10)["reward_model"] == [row]
+
+
+def test_the_report_rewrites_only_its_section(tmp_path):
+    root = _records(tmp_path)
+    markdown = f"# Results\n\nhand-written\n\n{SECTION_BEGIN}\nold table\n{SECTION_END}\n\nafter\n"
+    json_text, new = render_report(root, markdown, samples=200)
+    assert new.startswith("# Results\n\nhand-written") and new.endswith("after\n") and "old table" not in new
+    assert "| prlm - rag | rougeL |" in new and "`prlm run y`" in new
+    assert json.loads(json_text)["comparisons"][0]["b"] == "prlm"
+    assert replace_section(new, "x") == replace_section(markdown, "x")
+    with pytest.raises(PrlmError, match="generated section"):
+        replace_section("no markers", "x")
+
+
+def test_cli_writes_then_checks(tmp_path, capsys):
+    root = _records(tmp_path)
+    md, js = tmp_path / "results.md", tmp_path / "results.json"
+    md.write_text(f"{SECTION_BEGIN}\n{SECTION_END}\n")
+    args = ["--results", str(root), "--json", str(js), "--markdown", str(md)]
+    assert main(["report", *args]) == 0
+    assert main(["report", *args, "--check"]) == 0
+    js.write_text(js.read_text().replace("prlm run y", "edited"))
+    assert main(["report", *args, "--check"]) == 2
+    assert "differ" in capsys.readouterr().err
+
+
+def test_the_committed_docs_match_the_committed_records():
+    """docs/results.json and the tables of docs/results.md are what `prlm report` makes of results/."""
+    json_text, markdown = render_report(REPO / "results", (REPO / "docs" / "results.md").read_text(encoding="utf-8"))
+    assert (REPO / "docs" / "results.json").read_text(encoding="utf-8") == json_text
+    assert (REPO / "docs" / "results.md").read_text(encoding="utf-8") == markdown
