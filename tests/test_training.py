@@ -49,7 +49,8 @@ def test_tiny_grpo_changes_parameters_and_logs_every_term(tiny_data, tiny_llama_
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("rewards/accuracy/mean", "rewards/format/mean", "rewards/length/mean", "reward", "reward_std",
-                "frac_reward_zero_std", "kl", "completions/mean_length", "step_time_s", "loss"):
+                "frac_reward_zero_std", "kl", "completions/mean_length", "completions/clipped_ratio",
+                "step_time_s", "loss"):
         assert key in rows[-1], key
     assert (tmp_path / "run" / "train_log.csv").read_text().startswith("step,")
     assert (tmp_path / "run" / "sft-model" / "config.json").is_file()
@@ -302,3 +303,28 @@ def test_unseen_questions_need_a_partial_warmup(tiny_data):
         TrainConfig(data=tiny_data, out="o", w_pers=0, warmup_share=0.5, grpo_questions="unseen")
     with pytest.raises(PrlmError, match="warmup_share"):
         TrainConfig(data=tiny_data, out="o", w_pers=0, warmup_share=0)
+
+
+# --- the reward weights the trainer uses ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights", [dict(w_acc=1.0, w_fmt=0.1, w_pers=0.1), dict(w_acc=0.7, w_fmt=0.3, w_pers=0.25),
+                                     dict(w_acc=2.0, w_fmt=0.0, w_pers=0.0)])
+def test_trainer_weighs_each_reward_term_as_configured(tiny_data, tiny_llama_dir, tmp_path, weights):
+    """The weights TRL applies (trainer.reward_weights) are the config's, term by term, w_pers included."""
+    from prlm.models import load_policy
+    from prlm.training.grpo import build_trainer, reward_functions, split_questions, training_rows
+    from test_reward_model import make_tiny_rm
+
+    rm = make_tiny_rm(tmp_path / "rm") if weights["w_pers"] else ""
+    cfg = _tiny_cfg(tiny_data, tiny_llama_dir, tmp_path / "run", reward_model=rm, **weights)
+    expected = {"accuracy": weights["w_acc"], "format": weights["w_fmt"]}
+    if weights["w_pers"]:
+        expected["personalization"] = weights["w_pers"]
+    funcs, config_weights = reward_functions(cfg)
+    assert dict(zip([f.__name__ for f in funcs], config_weights)) == expected
+
+    model, tok = load_policy(tiny_llama_dir)
+    trainer = build_trainer(cfg, model, tok, split_questions(cfg, training_rows(cfg, tok))[1],
+                            extra_rewards=[(length_reward, 0.05)])
+    used = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
+    assert used == pytest.approx({**expected, "length": 0.05})

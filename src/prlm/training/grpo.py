@@ -207,15 +207,50 @@ def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
     return trainer.model
 
 
+def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], callbacks: list = (),
+                  extra_rewards: list[tuple] = ()):
+    """TRL's GRPOTrainer (or prlm's prefix-sharing subclass) for `cfg`, with PrLM's weighted rewards
+    and the shared-prefix rollout plugged in; not yet trained."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    funcs, weights = reward_functions(cfg)
+    funcs += [f for f, _ in extra_rewards]
+    weights += [w for _, w in extra_rewards]
+    # transformers reads the TensorBoard folder from the environment only.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(cfg.out) / "tensorboard")
+    args = grpo_args(cfg)
+    args.reward_weights = weights
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    rollout_func = None
+    if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
+        from prlm.training.rollout import SharedPrefixRollout
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
+        rollout_func = SharedPrefixRollout()
+    trainer_class = GRPOTrainer
+    if cfg.uses_prefix_sharing:
+        from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
+
+        trainer_class = PrefixSharingGRPOTrainer
+    dataset = Dataset.from_list([{k: v for k, v in r.items() if k not in ("warmup_completion", "warmup")}
+                                 for r in grpo_rows])
+    return trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
+                         callbacks=list(callbacks))
+
+
 def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     """Warm-up (once) then GRPO; returns the folder of the final policy (`out/final`).
 
     `extra_rewards`: (reward_function, weight) pairs added to PrLM's terms, for
     custom objectives; each function has TRL's reward signature.
     """
-    from datasets import Dataset
-    from trl import GRPOTrainer
-
     from prlm.models import load_policy
 
     started = time.time()
@@ -242,32 +277,8 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
         model.save_pretrained(warm)
         tokenizer.save_pretrained(warm)
 
-    funcs, weights = reward_functions(cfg)
-    funcs += [f for f, _ in extra_rewards]
-    weights += [w for _, w in extra_rewards]
-    # transformers reads the TensorBoard folder from the environment only.
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
-    args = grpo_args(cfg)
-    args.reward_weights = weights
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    rollout_func = None
-    if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
-        from prlm.training.rollout import SharedPrefixRollout
-
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
-        rollout_func = SharedPrefixRollout()
     log = StepLog(out)
     log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
-    trainer_class = GRPOTrainer
-    if cfg.uses_prefix_sharing:
-        from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
-
-        trainer_class = PrefixSharingGRPOTrainer
     callbacks = [make_step_callback(log)]
     if cfg.dev_eval_steps:
         from prlm.training.dev_curve import make_dev_curve
@@ -275,11 +286,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
         dev_curve = make_dev_curve(cfg, tokenizer, log, resumed=resume_from is not None)
         # The step logger comes first so that its step time does not include the evaluation.
         callbacks = [make_step_callback(log, dev_curve.take_pending), dev_curve]
-    dataset = Dataset.from_list([{k: v for k, v in r.items() if k not in ("warmup_completion", "warmup")}
-                                 for r in grpo_rows])
-    trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                            processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
-                            callbacks=callbacks)
+    trainer = build_trainer(cfg, model, tokenizer, grpo_rows, callbacks, extra_rewards)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = out / "final"
