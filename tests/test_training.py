@@ -49,7 +49,8 @@ def test_tiny_grpo_changes_parameters_and_logs_every_term(tiny_data, tiny_llama_
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("rewards/accuracy/mean", "rewards/format/mean", "rewards/length/mean", "reward", "reward_std",
-                "frac_reward_zero_std", "kl", "completions/mean_length", "step_time_s", "loss"):
+                "frac_reward_zero_std", "kl", "completions/mean_length", "completions/clipped_ratio",
+                "step_time_s", "loss"):
         assert key in rows[-1], key
     assert (tmp_path / "run" / "train_log.csv").read_text().startswith("step,")
     assert (tmp_path / "run" / "sft-model" / "config.json").is_file()
@@ -148,3 +149,182 @@ def test_sigkill_then_resume_loses_only_unsaved_steps(tiny_data, tiny_llama_dir,
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert (out / "final" / "config.json").is_file()
+
+
+# --- the learning curve on dev --------------------------------------------------------------------------------
+
+def _log_rows(run):
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_dev_curve_logs_every_evaluation_and_keeps_the_dev_best_policy(tiny_data, tiny_llama_dir, tmp_path,
+                                                                       monkeypatch):
+    import torch
+
+    import prlm.training.dev_curve as dev_curve
+
+    # The tiny model's answers score 0 everywhere; give the evaluations distinct scores so "best" means something.
+    scores = iter([0.10, 0.30, 0.20])
+    real = dev_curve.evaluate_policy
+
+    def scored(*args, **kwargs):
+        rows, summary = real(*args, **kwargs)
+        return rows, {**summary, dev_curve.SCORE_KEY: next(scores)}
+
+    monkeypatch.setattr(dev_curve, "evaluate_policy", scored)
+    run = tmp_path / "run"
+    train_grpo(_tiny_cfg(tiny_data, tiny_llama_dir, run, dev_eval_steps=1, dev_eval_limit=2, save_total_limit=5),
+               extra_rewards=[(length_reward, 1.0)])  # a signal in every group: each step changes the policy
+
+    rows = _log_rows(run)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["dev/rougeL"] for r in rows] == [0.10, 0.30, 0.20]
+    for key in ("dev/format_rate", "dev/answer_words", "dev/eval_time_s"):
+        assert all(key in r for r in rows), key
+    assert "reward" in rows[1] and "reward" not in rows[0]  # step 0 is the start policy, before any training
+    for step in (0, 1, 2):
+        evaluated = [json.loads(x) for x in (run / "dev_evals" / f"step-{step}.jsonl").read_text().splitlines()]
+        assert len(evaluated) == 2
+        assert {"id", "user_id", "answer", "gold", "rougeL", "format_ok"} <= set(evaluated[0])
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert best["step"] == 1 and best["score"] == 0.30
+    # OUT/best holds the policy as it was after step 1 (the checkpoint saved at that step).
+    kept = load_file(str(run / "best" / "model.safetensors"))
+    at_step_1 = load_file(str(run / "checkpoints" / "checkpoint-1" / "model.safetensors"))
+    final = load_file(str(run / "final" / "model.safetensors"))
+    assert all(torch.equal(kept[name], at_step_1[name]) for name in kept)
+    assert any(not torch.equal(kept[name], final[name]) for name in kept)
+    assert (run / "best" / "tokenizer_config.json").is_file()
+
+
+def test_dev_curve_scores_what_the_policy_answers(tiny_llama_dir, policy_tokenizer, monkeypatch):
+    import prlm.training.dev_curve as dev_curve
+    from prlm.models import load_policy
+
+    model, tok = load_policy(tiny_llama_dir)
+    questions = [dev_curve.DevQuestion("q1", "u1", "prompt one", "<think>", "fix the parser"),
+                 dev_curve.DevQuestion("q2", "u2", "prompt two", "<think>", "add tests")]
+    replies = {"prompt one": " the user fixes things</think><answer>fix the parser</answer>",
+               "prompt two": " no answer here"}
+
+    class Scripted:
+        def __init__(self, *args):
+            pass
+
+        def generate(self, prompts, params, **kwargs):
+            assert params.greedy and params.stop == ["</answer>"] and params.max_new_tokens == 7
+            return [[replies[p]] for p in prompts]
+
+    monkeypatch.setattr(dev_curve, "HFGenerator", Scripted)
+    rows, summary = dev_curve.evaluate_policy(model, tok, questions, "commit-subject", max_new_tokens=7)
+    assert [r["answer"] for r in rows] == ["fix the parser", ""]
+    assert [r["format_ok"] for r in rows] == [True, False]
+    assert summary["dev/rougeL"] == 0.5 and summary["dev/format_rate"] == 0.5
+    assert summary["dev/answer_words"] == 1.5 and summary["dev/empty_answers"] == 1
+
+
+def test_dev_curve_does_not_change_the_rollouts(tiny_data, tiny_llama_dir, tmp_path):
+    """The evaluation seeds its generator; the training's sampling must go on as without it."""
+    # The length of the completions' text tells which tokens were sampled (the tiny model never stops early).
+    train_grpo(_tiny_cfg(tiny_data, tiny_llama_dir, tmp_path / "plain", max_steps=3, save_steps=10),
+               extra_rewards=[(length_reward, 1.0)])
+    train_grpo(_tiny_cfg(tiny_data, tiny_llama_dir, tmp_path / "curve", max_steps=3, save_steps=10,
+                         dev_eval_steps=1, dev_eval_limit=1), extra_rewards=[(length_reward, 1.0)])
+    plain = [r["rewards/length/mean"] for r in _log_rows(tmp_path / "plain") if "reward" in r]
+    curve = [r["rewards/length/mean"] for r in _log_rows(tmp_path / "curve") if "reward" in r]
+    assert len(plain) == 3 and curve == plain
+
+
+def test_plot_learning_curve_writes_a_png(tmp_path):
+    from prlm.training.dev_curve import plot_learning_curve
+
+    rows = [{"step": 0, "dev/rougeL": 0.1, "dev/format_rate": 0.5},
+            {"step": 1, "reward": 0.4, "frac_reward_zero_std": 0.5, "dev/rougeL": 0.2, "dev/format_rate": 0.9},
+            {"step": 2, "reward": 0.6, "frac_reward_zero_std": 0.0}]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_learning_curve(tmp_path)
+    assert png == tmp_path / "learning_curve.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "train_log.jsonl").write_text("")
+    with pytest.raises(ValueError, match="nothing|no dev"):
+        plot_learning_curve(tmp_path)
+
+
+def test_dev_curve_options_are_validated(tiny_data):
+    with pytest.raises(PrlmError, match="dev_eval_steps"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, dev_eval_steps=-1)
+    with pytest.raises(PrlmError, match="dev_eval_limit"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, dev_eval_limit=-2)
+
+
+# --- warm-up share / GRPO on unseen questions ----------------------------------------------------------------
+
+def test_warmup_share_is_a_stable_hash_of_the_question_id():
+    from prlm.training.grpo import in_warmup_share
+
+    ids = [f"q{i}" for i in range(400)]
+    half = [i for i in ids if in_warmup_share(i, 0.5)]
+    assert 150 < len(half) < 250
+    assert half == [i for i in ids if in_warmup_share(i, 0.5)]
+    # Growing the share only adds questions, and the split does not depend on Python's salted hash().
+    assert set(half) <= {i for i in ids if in_warmup_share(i, 0.7)}
+    assert in_warmup_share("q0", 0.5) is (int.from_bytes(__import__("hashlib").sha256(b"q0").digest()[:8], "big")
+                                          / 2**64 < 0.5)
+    assert all(in_warmup_share(i, 1.0) for i in ids)
+
+
+def test_grpo_on_unseen_questions_trains_on_what_the_warmup_did_not_see(tiny_data, tiny_llama_dir, tmp_path,
+                                                                        monkeypatch):
+    import prlm.training.grpo as grpo
+
+    seen = {}
+    real_warmup = grpo.supervised_warmup
+
+    def recording_warmup(cfg, rows, model, tokenizer):
+        seen["warmup"] = {r["id"] for r in rows}
+        return real_warmup(cfg, rows, model, tokenizer)
+
+    monkeypatch.setattr(grpo, "supervised_warmup", recording_warmup)
+    run = tmp_path / "run"
+    train_grpo(_tiny_cfg(tiny_data, tiny_llama_dir, run, sft_steps=1, warmup_share=0.5, grpo_questions="unseen",
+                         max_steps=1))
+    prompts = [json.loads(line) for line in (run / "train_prompts.jsonl").read_text().splitlines()]
+    warmup = {p["id"] for p in prompts if p["warmup"]}
+    grpo_ids = {p["id"] for p in prompts if p["grpo"]}
+    assert seen["warmup"] == warmup and warmup and grpo_ids
+    assert not warmup & grpo_ids and warmup | grpo_ids == {p["id"] for p in prompts}
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["questions"] == {"all": len(prompts), "warmup": len(warmup), "grpo": len(grpo_ids)}
+
+
+def test_unseen_questions_need_a_partial_warmup(tiny_data):
+    with pytest.raises(PrlmError, match="--warmup-share 0.5"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, sft_steps=1, grpo_questions="unseen")
+    with pytest.raises(PrlmError, match="needs a warm-up"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, warmup_share=0.5, grpo_questions="unseen")
+    with pytest.raises(PrlmError, match="warmup_share"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, warmup_share=0)
+
+
+# --- the reward weights the trainer uses ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weights", [dict(w_acc=1.0, w_fmt=0.1, w_pers=0.1), dict(w_acc=0.7, w_fmt=0.3, w_pers=0.25),
+                                     dict(w_acc=2.0, w_fmt=0.0, w_pers=0.0)])
+def test_trainer_weighs_each_reward_term_as_configured(tiny_data, tiny_llama_dir, tmp_path, weights):
+    """The weights TRL applies (trainer.reward_weights) are the config's, term by term, w_pers included."""
+    from prlm.models import load_policy
+    from prlm.training.grpo import build_trainer, reward_functions, split_questions, training_rows
+    from test_reward_model import make_tiny_rm
+
+    rm = make_tiny_rm(tmp_path / "rm") if weights["w_pers"] else ""
+    cfg = _tiny_cfg(tiny_data, tiny_llama_dir, tmp_path / "run", reward_model=rm, **weights)
+    expected = {"accuracy": weights["w_acc"], "format": weights["w_fmt"]}
+    if weights["w_pers"]:
+        expected["personalization"] = weights["w_pers"]
+    funcs, config_weights = reward_functions(cfg)
+    assert dict(zip([f.__name__ for f in funcs], config_weights)) == expected
+
+    model, tok = load_policy(tiny_llama_dir)
+    trainer = build_trainer(cfg, model, tok, split_questions(cfg, training_rows(cfg, tok))[1],
+                            extra_rewards=[(length_reward, 0.05)])
+    used = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
+    assert used == pytest.approx({**expected, "length": 0.05})

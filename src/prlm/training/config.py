@@ -25,6 +25,8 @@ class TrainConfig(ProfileDataConfig):
     sft_learning_rate: float = opt(5e-5, "Learning rate of the warm-up.")
     sft_batch_size: int = opt(4, "Examples per warm-up step.")
     warmup_from: str = opt("", "Start GRPO from the warm-up policy of an earlier run (its OUT/sft-model folder) instead of training one; for ablations that change only GRPO. sft_steps is then not used.")
+    warmup_share: float = opt(1.0, "Share of the training questions the supervised warm-up trains on (0 < share <= 1), chosen by a hash of the question id (stable across runs and machines); the rest are never seen by the warm-up. 1 = all.")
+    grpo_questions: str = opt("all", "Questions GRPO trains on: 'all', or 'unseen' (only those outside the warm-up share: the warm-up memorises its gold answers, so rewards on its own questions say little). 'unseen' needs warmup_share < 1.")
     sft_micro_batch: int = opt(2, "Examples per forward pass in the warm-up; gradient accumulation makes up sft_batch_size (same update, lower peak memory: the warm-up holds full-vocabulary logits for every position).")
     # GRPO
     max_steps: int = opt(20, "GRPO optimisation steps.")
@@ -39,6 +41,10 @@ class TrainConfig(ProfileDataConfig):
     beta: float = opt(0.0, "KL coefficient to the reference model (0 = no reference model, as recent GRPO recipes).")
     epsilon: float = opt(0.2, "Clipping range of the policy ratio.")
     loss_type: str = opt("dapo", "TRL's GRPO loss aggregation: grpo, dapo, dr_grpo, bnpo.")
+    # learning curve on dev
+    dev_eval_steps: int = opt(0, "Evaluate the policy greedily on dev every N GRPO steps (and at step 0 and the last step), log dev ROUGE-L / format rate / answer length into train_log.jsonl, keep the dev-best policy in OUT/best; 0 = off.")
+    dev_eval_limit: int = opt(40, "Questions of the dev split used for the learning curve: the first N, the same at every evaluation (0 = all).")
+    dev_eval_batch_size: int = opt(8, "Prompts per generation batch in the dev evaluation.")
     # rewards
     w_acc: float = opt(1.0, "Weight of the accuracy reward (ROUGE of the answer against the user's real output).")
     w_fmt: float = opt(0.1, "Weight of the format reward (<think>..</think><answer>..</answer>).")
@@ -74,6 +80,20 @@ class TrainConfig(ProfileDataConfig):
         check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
         check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
+        check_choice("grpo_questions", self.grpo_questions, ("all", "unseen"))
+        if not 0 < self.warmup_share <= 1:
+            raise PrlmError(f"warmup_share must be in (0, 1], got {self.warmup_share}; e.g. --warmup-share 0.5")
+        if self.grpo_questions == "unseen" and self.warmup_share >= 1:
+            raise PrlmError("grpo_questions 'unseen' leaves GRPO no questions while warmup_share is 1: "
+                            "pass e.g. --warmup-share 0.5")
+        if self.grpo_questions == "unseen" and not (self.sft_steps or self.warmup_from):
+            raise PrlmError("grpo_questions 'unseen' needs a warm-up (sft_steps > 0 or warmup_from); "
+                            "without one every question is unseen: use --grpo-questions all")
+        if self.dev_eval_steps < 0:
+            raise PrlmError(f"dev_eval_steps must be >= 0 (0 = off), got {self.dev_eval_steps}")
+        if self.dev_eval_limit < 0 or self.dev_eval_batch_size < 1:
+            raise PrlmError(f"dev_eval_limit must be >= 0 (0 = all), got {self.dev_eval_limit}; "
+                            f"dev_eval_batch_size at least 1, got {self.dev_eval_batch_size}")
         if self.sft_micro_batch < 1 or self.sft_batch_size % self.sft_micro_batch:
             raise PrlmError(f"sft_batch_size ({self.sft_batch_size}) must be a multiple of sft_micro_batch "
                             f"({self.sft_micro_batch}); e.g. --sft-micro-batch {self.sft_batch_size}")

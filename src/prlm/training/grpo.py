@@ -8,6 +8,7 @@ callback that records every step, and TRL's own checkpointing for resume.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import time
@@ -34,13 +35,36 @@ def warmup_completion(task, entries, query: str, gold: str) -> str:
     return f" {style} The new text is about: {about}</think>\n<answer>{gold}</answer>"
 
 
+def in_warmup_share(question_id: str, share: float) -> bool:
+    """Whether the supervised warm-up trains on this question: a hash of the id, not Python's hash()
+    (salted per process), so the same questions fall in the share on every run and machine."""
+    if share >= 1:
+        return True
+    digest = hashlib.sha256(str(question_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
 def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
-    """One row per training question: the reasoning prompt plus the columns the rewards read."""
+    """One row per training question: the reasoning prompt plus the columns the rewards read,
+    and whether the warm-up trains on it (`warmup`)."""
     task = get_task(cfg.task)
     return [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
              "retrieved_ids": [e["id"] for e in used],
-             "warmup_completion": warmup_completion(task, used, ex.input, ex.gold)}
+             "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
+             "warmup": in_warmup_share(ex.id, cfg.warmup_share)}
             for ex, prompt, used in prompted_examples(cfg, tokenizer, "prlm")]
+
+
+def split_questions(cfg: TrainConfig, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(warm-up rows, GRPO rows): the warm-up's share, and all questions or those it did not see."""
+    warmup = [r for r in rows if r["warmup"]]
+    grpo = [r for r in rows if not r["warmup"]] if cfg.grpo_questions == "unseen" else rows
+    trains_warmup = cfg.sft_steps and not cfg.warmup_from
+    for name, part in (("the warm-up", warmup if trains_warmup else rows), ("GRPO", grpo)):
+        if not part:
+            raise PrlmError(f"warmup_share {cfg.warmup_share} leaves {name} no questions out of {len(rows)}; "
+                            "choose a share further from 0 and 1, or use more questions (--limit)")
+    return warmup, grpo
 
 
 def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
@@ -127,11 +151,12 @@ class StepLog:
         atomic_write_text(self.csv, buffer.getvalue())
 
 
-def make_step_callback(log: StepLog):
+def make_step_callback(log: StepLog, extra_logs=None):
+    """`extra_logs`: a callable returning figures to add to the step's row (the dev curve's)."""
     from transformers import TrainerCallback
 
     class StepLogger(TrainerCallback):
-        """Adds the step's wall time to TRL's logs and records them."""
+        """Adds the step's wall time (and the dev curve's figures) to TRL's logs and records them."""
 
         def __init__(self):
             self.started = time.time()
@@ -147,6 +172,8 @@ def make_step_callback(log: StepLog):
             if not state.is_world_process_zero or not logs or "train_runtime" in logs:
                 return
             logs["step_time_s"] = round(self.step_time or 0.0, 3)
+            if extra_logs is not None:
+                logs.update(extra_logs())
             log.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
     return StepLogger()
@@ -180,15 +207,50 @@ def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
     return trainer.model
 
 
+def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], callbacks: list = (),
+                  extra_rewards: list[tuple] = ()):
+    """TRL's GRPOTrainer (or prlm's prefix-sharing subclass) for `cfg`, with PrLM's weighted rewards
+    and the shared-prefix rollout plugged in; not yet trained."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    funcs, weights = reward_functions(cfg)
+    funcs += [f for f, _ in extra_rewards]
+    weights += [w for _, w in extra_rewards]
+    # transformers reads the TensorBoard folder from the environment only.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(cfg.out) / "tensorboard")
+    args = grpo_args(cfg)
+    args.reward_weights = weights
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    rollout_func = None
+    if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
+        from prlm.training.rollout import SharedPrefixRollout
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
+        rollout_func = SharedPrefixRollout()
+    trainer_class = GRPOTrainer
+    if cfg.uses_prefix_sharing:
+        from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
+
+        trainer_class = PrefixSharingGRPOTrainer
+    dataset = Dataset.from_list([{k: v for k, v in r.items() if k not in ("warmup_completion", "warmup")}
+                                 for r in grpo_rows])
+    return trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
+                         callbacks=list(callbacks))
+
+
 def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     """Warm-up (once) then GRPO; returns the folder of the final policy (`out/final`).
 
     `extra_rewards`: (reward_function, weight) pairs added to PrLM's terms, for
     custom objectives; each function has TRL's reward signature.
     """
-    from datasets import Dataset
-    from trl import GRPOTrainer
-
     from prlm.models import load_policy
 
     started = time.time()
@@ -207,42 +269,24 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     rows = training_rows(cfg, tokenizer)
     if not rows:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
-    atomic_write_jsonl(out / "train_prompts.jsonl", rows)
+    warmup_rows, grpo_rows = split_questions(cfg, rows)
+    grpo_ids = {r["id"] for r in grpo_rows}
+    atomic_write_jsonl(out / "train_prompts.jsonl", [{**r, "grpo": r["id"] in grpo_ids} for r in rows])
     if cfg.sft_steps and not done_warmup:
-        model = supervised_warmup(cfg, rows, model, tokenizer)
+        model = supervised_warmup(cfg, warmup_rows, model, tokenizer)
         model.save_pretrained(warm)
         tokenizer.save_pretrained(warm)
 
-    funcs, weights = reward_functions(cfg)
-    funcs += [f for f, _ in extra_rewards]
-    weights += [w for _, w in extra_rewards]
-    # transformers reads the TensorBoard folder from the environment only.
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "tensorboard")
-    args = grpo_args(cfg)
-    args.reward_weights = weights
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    rollout_func = None
-    if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
-        from prlm.training.rollout import SharedPrefixRollout
-
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
-        rollout_func = SharedPrefixRollout()
     log = StepLog(out)
     log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
-    trainer_class = GRPOTrainer
-    if cfg.uses_prefix_sharing:
-        from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
+    callbacks = [make_step_callback(log)]
+    if cfg.dev_eval_steps:
+        from prlm.training.dev_curve import make_dev_curve
 
-        trainer_class = PrefixSharingGRPOTrainer
-    dataset = Dataset.from_list([{k: v for k, v in r.items() if k != "warmup_completion"} for r in rows])
-    trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                            processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
-                            callbacks=[make_step_callback(log)])
+        dev_curve = make_dev_curve(cfg, tokenizer, log, resumed=resume_from is not None)
+        # The step logger comes first so that its step time does not include the evaluation.
+        callbacks = [make_step_callback(log, dev_curve.take_pending), dev_curve]
+    trainer = build_trainer(cfg, model, tokenizer, grpo_rows, callbacks, extra_rewards)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     final = out / "final"
@@ -252,6 +296,8 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     policy.save_pretrained(final)
     tokenizer.save_pretrained(final)
     atomic_write_json(out / "train_summary.json", {"steps": trainer.state.global_step, "final": str(final),
+                                                   "questions": {"all": len(rows), "warmup": len(warmup_rows),
+                                                                 "grpo": len(grpo_rows)},
                                                    "wall_time_s": round(time.time() - started, 1),
                                                    "config": cfg.__dict__})
     return final

@@ -1,0 +1,191 @@
+"""The learning curve on dev: the policy evaluated greedily during GRPO.
+
+Every `dev_eval_steps` steps (and at step 0, the start policy, and at the
+last step) the policy answers a fixed subset of the dev split the way
+`prlm eval --method prlm` does: the reasoning prompt with the training
+retriever, k and prompt budget, greedy decoding for `max_completion_length`
+tokens, stopping at `</answer>`, the answer parsed by `prlm.prompts` and
+scored by `prlm.evaluation`. (No budget forcing: the curve shows what the
+policy writes on its own.)
+
+It plugs into TRL as a `TrainerCallback`; its figures go into the run's step
+log next to the training rewards (`dev/rougeL`, `dev/format_rate`,
+`dev/answer_words`), each evaluation's per-question rows into
+`OUT/dev_evals/step-N.jsonl`, and the policy best on dev ROUGE-L into
+`OUT/best` (model, tokenizer and `best.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from prlm.data import get_task
+from prlm.evaluation import rouge
+from prlm.generation import HFGenerator, SamplingParams
+from prlm.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from prlm.prompts import parse_completion, prompted_examples
+from prlm.reward.format import has_reasoning_format
+
+EVALS_FOLDER = "dev_evals"
+BEST_FOLDER = "best"
+BEST_FILE = "best.json"
+SCORE_KEY = "dev/rougeL"
+
+
+@dataclass
+class DevQuestion:
+    id: str
+    user_id: str
+    prompt: str
+    prefill: str
+    gold: str
+
+
+def dev_questions(cfg, tokenizer) -> list[DevQuestion]:
+    """The fixed dev subset (the first `dev_eval_limit` questions), prompted as training prompts are."""
+    dev_cfg = replace(cfg, split="dev", limit=cfg.dev_eval_limit)
+    return [DevQuestion(ex.id, ex.user_id, prompt.text, prompt.prefill, ex.gold)
+            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, "prlm")]
+
+
+def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: str, max_new_tokens: int,
+                    batch_size: int = 8) -> tuple[list[dict], dict]:
+    """Greedy answers of `model` to `questions`: per-question rows and the means (keys `dev/...`)."""
+    task = get_task(task_name)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=["</answer>"])
+    was_training = model.training
+    model.eval()
+    cuda = [model.device.index or 0] if model.device.type == "cuda" else []
+    try:
+        # HFGenerator seeds the global RNG; the rollouts that follow must not restart from that seed.
+        with torch.random.fork_rng(devices=cuda):
+            completions = [c[0] for c in HFGenerator(model, tokenizer, batch_size).generate(
+                [q.prompt for q in questions], params, progress=False, desc="dev curve")]
+    finally:
+        model.train(was_training)
+    rows = []
+    for question, completion in zip(questions, completions):
+        answer = parse_completion(completion, "prlm", task, prefill=question.prefill).answer
+        rows.append({"id": question.id, "user_id": question.user_id, "answer": answer, "gold": question.gold,
+                     "rougeL": rouge(answer, question.gold)["rougeL"],
+                     "format_ok": has_reasoning_format(completion, question.prefill), "completion": completion})
+    n = max(len(rows), 1)
+    summary = {SCORE_KEY: sum(r["rougeL"] for r in rows) / n,
+               "dev/format_rate": sum(r["format_ok"] for r in rows) / n,
+               "dev/answer_words": sum(len(r["answer"].split()) for r in rows) / n,
+               "dev/empty_answers": sum(not r["answer"] for r in rows)}
+    return rows, summary
+
+
+def _save_policy(model, tokenizer, folder: Path) -> None:
+    if hasattr(model, "merge_and_unload"):  # LoRA: save a merged copy, leave the training model as it is
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+class DevCurve(TrainerCallback):
+    """Evaluates on dev at step 0, every `every` steps and at the last step; keeps the dev-best policy.
+
+    The figures of a step are handed to the step log through `take_pending()`
+    (the step logger merges them into that step's row); step 0, which has no
+    training row, is appended to the log directly.
+    """
+
+    def __init__(self, cfg, questions: list[DevQuestion], log, resumed: bool = False):
+        self.cfg, self.questions, self.log, self.resumed = cfg, questions, log, resumed
+        self.out = Path(cfg.out)
+        self.pending: dict = {}
+        best = self.out / BEST_FOLDER / BEST_FILE
+        self.best_score = json.loads(best.read_text())["score"] if best.is_file() else None
+
+    def take_pending(self) -> dict:
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        # on_train_begin runs before a resumed trainer restores its step: the start policy was evaluated then.
+        if state.is_world_process_zero and not self.resumed:
+            self.log.append({"step": 0, **self.evaluate(0, model, processing_class)})
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        step = state.global_step
+        if state.is_world_process_zero and (step % self.cfg.dev_eval_steps == 0 or step == state.max_steps):
+            self.pending = self.evaluate(step, model, processing_class)
+
+    def evaluate(self, step: int, model, tokenizer) -> dict:
+        started = time.time()
+        rows, summary = evaluate_policy(model, tokenizer, self.questions, self.cfg.task,
+                                        self.cfg.max_completion_length, self.cfg.dev_eval_batch_size)
+        atomic_write_jsonl(self.out / EVALS_FOLDER / f"step-{step}.jsonl", rows)
+        score = summary[SCORE_KEY]
+        if self.best_score is None or score > self.best_score:
+            self.save_best(model, tokenizer, step, summary)
+        summary["dev/eval_time_s"] = round(time.time() - started, 2)
+        return summary
+
+    def save_best(self, model, tokenizer, step: int, summary: dict) -> None:
+        """Replace OUT/best with this policy; written beside it first so a kill never leaves half a model."""
+        best, staging = self.out / BEST_FOLDER, self.out / f"{BEST_FOLDER}.writing"
+        shutil.rmtree(staging, ignore_errors=True)
+        _save_policy(model, tokenizer, staging)
+        atomic_write_json(staging / BEST_FILE, {"step": step, "score": summary[SCORE_KEY], "metric": "rougeL",
+                                                "split": "dev", "n": len(self.questions), **summary})
+        shutil.rmtree(best, ignore_errors=True)
+        staging.rename(best)
+        self.best_score = summary[SCORE_KEY]
+
+
+def make_dev_curve(cfg, tokenizer, log, resumed: bool) -> DevCurve:
+    return DevCurve(cfg, dev_questions(cfg, tokenizer), log, resumed)
+
+
+def plot_learning_curve(run: str | Path, png: str | Path | None = None) -> Path:
+    """Dev ROUGE-L, dev format rate and the mean training reward against the step, from a run's
+    train_log.jsonl; written to `png` (default OUT/learning_curve.png). Returns the PNG's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = Path(run)
+    rows = read_jsonl(run / "train_log.jsonl")
+    dev = [r for r in rows if SCORE_KEY in r]
+    train = [r for r in rows if "reward" in r]
+    if not dev and not train:
+        raise ValueError(f"{run / 'train_log.jsonl'} has no dev evaluations and no training rewards to plot")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    if dev:
+        steps = [r["step"] for r in dev]
+        top.plot(steps, [r[SCORE_KEY] for r in dev], "o-", label="dev ROUGE-L")
+        top.plot(steps, [r["dev/format_rate"] for r in dev], "s--", label="dev format rate")
+        best = max(dev, key=lambda r: r[SCORE_KEY])
+        top.axvline(best["step"], color="grey", linestyle=":", label=f"dev-best step {best['step']}")
+    top.set_ylabel("dev (greedy)")
+    top.legend(loc="best", fontsize=8)
+    top.grid(alpha=0.3)
+    if train:
+        steps = [r["step"] for r in train]
+        bottom.plot(steps, [r["reward"] for r in train], "-", label="mean training reward")
+        if all("frac_reward_zero_std" in r for r in train):
+            bottom.plot(steps, [r["frac_reward_zero_std"] for r in train], ":",
+                        label="share of groups with one reward (no signal)")
+    bottom.set_xlabel("GRPO step")
+    bottom.set_ylabel("training")
+    bottom.legend(loc="best", fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    png = Path(png) if png else run / "learning_curve.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
