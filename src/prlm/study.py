@@ -49,6 +49,8 @@ class StudyConfig:
     eval_max_new_tokens: int = opt(32, "Answer length of no-profile and rag.")
     prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
     batch_size: int = opt(8, "Generation batch size in evaluation and pair building.")
+    baselines: list = opt(("no-profile", "rag"), "Baselines evaluated with the base model (no-profile, rag); [] when "
+                          "they were evaluated on their own (`prlm eval`), so a new recipe does not redo them.")
     eval_warmup_only: bool = opt(False, "Also evaluate the policy after the supervised warm-up alone (before GRPO), "
                                  "to show what GRPO adds.")
     seed: int = opt(0, "Seed of every stage.")
@@ -67,6 +69,9 @@ class StudyConfig:
                             "evaluated once, by the final step: set eval_split: dev and run `prlm run CONFIG --final`")
         check_choice("eval_split", self.eval_split, tuple(s for s in SPLITS if s != "test"))
         check_choice("checkpoint", self.checkpoint, ("final", "dev-best"))
+        self.baselines = list(self.baselines or [])
+        for name in self.baselines:
+            check_choice("baselines", name, ("no-profile", "rag"))
         if self.checkpoint == "dev-best" and not int(dict(self.train or {}).get("dev_eval_steps", 0)):
             raise PrlmError("checkpoint: dev-best needs train.dev_eval_steps > 0 (the dev evaluations that choose it)")
         self.rm = dict(self.rm or {})
@@ -182,7 +187,11 @@ def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recip
             run_eval(EvalConfig(**opts))
         eval_stages[name] = Stage(f"{prefix}{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"])
     # Baselines first: their results come early and do not wait for training.
-    stages += [eval_stages["no-profile"], eval_stages["rag"]]
+    for name in ("no-profile", "rag"):
+        if name in cfg.baselines:
+            stages.append(eval_stages[name])
+        else:
+            del methods[name]
 
     train_cfg = dict(cfg.train)
     train_deps = ["data"]
@@ -243,9 +252,8 @@ def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recip
     def report():
         from prlm.report import write_report
 
-        comparisons = [("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm")]
-        if "warmup-only" in methods:
-            comparisons.append(("warmup-only", "prlm"))
+        comparisons = [(a, b) for a, b in (("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm"),
+                                           ("warmup-only", "prlm")) if a in methods and b in methods]
         print(write_report(evals, {n: evals / n for n in methods}, comparisons,
                            train_log=out / "train" / "train_log.jsonl"))
     stages.append(Stage(f"{'final-' if final else ''}report", {"version": 2}, report, deps=eval_names))
