@@ -112,3 +112,28 @@ def test_the_committed_docs_match_the_committed_records():
     json_text, markdown = render_report(REPO / "results", (REPO / "docs" / "results.md").read_text(encoding="utf-8"))
     assert (REPO / "docs" / "results.json").read_text(encoding="utf-8") == json_text
     assert (REPO / "docs" / "results.md").read_text(encoding="utf-8") == markdown
+
+
+def test_learning_curves_are_kept_tabled_and_plotted(tmp_path):
+    from prlm.results import add_curve, curve_png, write_report
+
+    train = tmp_path / "train"
+    (train / "dev_evals").mkdir(parents=True)
+    rows = [{"step": 0, "dev/rougeL": 0.2, "dev/format_rate": 0.9, "dev/answer_words": 6.0}]
+    rows += [{"step": s, "reward": 1.0 + s / 10} for s in range(1, 21)]
+    rows += [{"step": 20, "dev/rougeL": 0.3, "dev/format_rate": 1.0, "dev/answer_words": 7.0}]
+    (train / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (train / "dev_evals" / "step-0.jsonl").write_text("{}\n")
+    with pytest.raises(PrlmError, match="train_log"):
+        add_curve(tmp_path, tmp_path / "results", "ds", "prlm")
+    root = tmp_path / "results"
+    folder = add_curve(train, root, "ds", "prlm")
+    assert (folder / "dev_evals" / "step-0.jsonl").is_file()
+    md, js = tmp_path / "docs" / "results.md", tmp_path / "docs" / "results.json"
+    md.parent.mkdir()
+    md.write_text(f"{SECTION_BEGIN}\n{SECTION_END}\n")
+    write_report(root, js, md, samples=10)
+    text = md.read_text()
+    assert "| 20 (best) | 0.3000 | 1.000 | 7.0 | 2.550 |" in text and "| 0 | 0.2000 |" in text
+    assert (md.parent / curve_png("ds", "prlm")).is_file() and curve_png("ds", "prlm") in text
+    assert load_records(root) == {}  # a curve is not an evaluation record

@@ -96,10 +96,51 @@ def _training_facts(train: dict) -> dict:
             **{k: config[k] for k in keys if k in config}}
 
 
+CURVES = "curves"
+CURVE_FILES = ("train_log.jsonl", "train_config.json", "train_summary.json")
+
+
+def add_curve(train_out: str | Path, root: str | Path, data: str, name: str) -> Path:
+    """Keep a GRPO run's learning curve (its step log, dev evaluations and best step) as
+    `root/data/curves/name/`; `prlm report` plots it. Returns that folder."""
+    import shutil
+
+    train_out = Path(train_out)
+    if not (train_out / "train_log.jsonl").is_file():
+        raise PrlmError(f"'{train_out}' has no train_log.jsonl: pass the `out` folder of a `prlm train` run")
+    folder = Path(root) / data / CURVES / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "dev_evals").mkdir(parents=True)
+    for file in CURVE_FILES:
+        if (train_out / file).is_file():
+            shutil.copyfile(train_out / file, folder / file)
+    for rows in sorted((train_out / "dev_evals").glob("step-*.jsonl")):
+        shutil.copyfile(rows, folder / "dev_evals" / rows.name)
+    if (train_out / "best" / "best.json").is_file():
+        shutil.copyfile(train_out / "best" / "best.json", folder / "best.json")
+    return folder
+
+
+def load_curves(root: str | Path) -> dict[tuple[str, str], list[dict]]:
+    """Step logs of every kept curve, keyed by (data, name)."""
+    from prlm.io import read_jsonl
+
+    return {(path.parent.parent.parent.name, path.parent.name): read_jsonl(path)
+            for path in sorted(Path(root).glob(f"*/{CURVES}/*/train_log.jsonl"))}
+
+
+def curve_png(data: str, name: str) -> str:
+    """Where a curve's plot goes, relative to docs/."""
+    return f"img/{data}-{name}-learning-curve.png"
+
+
 def load_records(root: str | Path) -> dict[tuple[str, str, str], tuple[dict, list[dict]]]:
     """Every record under `root`, keyed by (data, split, method)."""
     records = {}
     for summary_path in sorted(Path(root).glob("*/*/*/summary.json")):
+        if summary_path.parent.parent.name == CURVES:
+            continue
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         with gzip.open(summary_path.parent / "predictions.jsonl.gz", "rt", encoding="utf-8") as handle:
             rows = [json.loads(line) for line in handle if line.strip()]
@@ -212,6 +253,28 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
     return "\n".join(lines)
 
 
+def curves_markdown(curves: dict[tuple[str, str], list[dict]]) -> str:
+    lines = []
+    for (data, name), rows in sorted(curves.items()):
+        dev = [r for r in rows if "dev/rougeL" in r]
+        train = [r for r in rows if "reward" in r]
+        lines += [f"### Learning curve: {name} on {data}", "",
+                  f"{len(train)} GRPO steps logged; greedy evaluations of the policy on a fixed subset of dev "
+                  "(the run's `dev_eval_limit`, in its train_config.json).", ""]
+        if dev:
+            best = max(dev, key=lambda r: r["dev/rougeL"])
+            lines += ["| step | dev ROUGE-L | dev format rate | answer words | mean training reward (last 10 steps) |",
+                      "|---|---|---|---|---|"]
+            for row in dev:
+                recent = [r["reward"] for r in train if row["step"] - 10 < r["step"] <= row["step"]]
+                mean = f"{sum(recent) / len(recent):.3f}" if recent else "-"
+                mark = " (best)" if row is best else ""
+                lines.append(f"| {row['step']}{mark} | {row['dev/rougeL']:.4f} | {row['dev/format_rate']:.3f} | "
+                             f"{row.get('dev/answer_words', float('nan')):.1f} | {mean} |")
+        lines += ["", f"![learning curve of {name} on {data}]({curve_png(data, name)})", ""]
+    return "\n".join(lines)
+
+
 def replace_section(text: str, body: str) -> str:
     """`text` with the generated section (between the markers) replaced by `body`."""
     if SECTION_BEGIN not in text or SECTION_END not in text:
@@ -227,6 +290,7 @@ def render_report(root: str | Path, markdown: str, samples: int = BOOTSTRAP_SAMP
     records = load_records(root)
     summary = results_json(root, samples)
     body = records_markdown(records, summary["comparisons"], summary["reward_model"])
+    body += "\n" + curves_markdown(load_curves(root))
     return json.dumps(summary, indent=2, ensure_ascii=False) + "\n", replace_section(markdown, body)
 
 
@@ -236,3 +300,9 @@ def write_report(root: str | Path, json_path: str | Path, markdown_path: str | P
     json_text, markdown = render_report(root, markdown_path.read_text(encoding="utf-8"), samples)
     atomic_write_text(json_path, json_text)
     atomic_write_text(markdown_path, markdown)
+    from prlm.training.dev_curve import plot_learning_curve
+
+    for data, name in load_curves(root):
+        png = markdown_path.parent / curve_png(data, name)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_learning_curve(Path(root) / data / CURVES / name, png)

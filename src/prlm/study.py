@@ -266,7 +266,10 @@ def _results_stage(cfg: StudyConfig, methods: dict, evals: Path, command: str, r
     trained = {"prlm", "warmup-only"}
 
     def keep():
-        from prlm.results import add_record
+        from prlm.results import add_curve, add_record
+
+        if (Path(cfg.out) / "train" / "train_log.jsonl").is_file():
+            add_curve(Path(cfg.out) / "train", "results", cfg.results_data, "prlm")
 
         for name in methods:
             train_summary = Path(cfg.out) / "train" / "train_summary.json"
