@@ -129,6 +129,13 @@ def _cmd_results_add(args) -> None:
           "regenerate the docs with `prlm report`")
 
 
+def _cmd_results_curve(args) -> None:
+    from prlm.results import add_curve
+
+    folder = add_curve(args.train_out, args.results, args.data_name, args.name)
+    print(f"kept the learning curve of {args.train_out} in {folder}/; plot and table it with `prlm report`")
+
+
 def _cmd_report(args) -> None:
     from prlm.results import render_report, write_report
 
@@ -241,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-summary", default=None, help="train_summary.json of the model's training run")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.set_defaults(func=_cmd_results_add)
+    p = results.add_parser("add-curve", help="keep a GRPO run's learning curve (step log, dev evaluations, best "
+                                             "step) under results/DATA/curves/NAME/")
+    p.add_argument("train_out", help="the `out` folder of a `prlm train` run (holds train_log.jsonl)")
+    p.add_argument("--data-name", required=True, help="dataset name, e.g. git-commit-subject")
+    p.add_argument("--name", required=True, help="the model's method name, e.g. prlm")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.set_defaults(func=_cmd_results_curve)
 
     p = sub.add_parser("report", help="regenerate docs/results.json and the tables of docs/results.md from "
                                       "results/ alone")
