@@ -257,7 +257,7 @@ class _Measure:
                     await _send_json(guarded_send, 500, "internal error; the server log has the details")
                 status = 500
         route, method = self.route_of(scope), scope["method"]
-        if left and not complete:
+        if left:  # whatever the app sent after that went nowhere (uvicorn drops it)
             self.metrics.observe_disconnect(method, route)
             log.info("client left before its answer: %s %s", method_label(method), route)
             return
@@ -643,6 +643,8 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
             problems.append(f"model failed to load: {state.load_error}" if state.load_error else "model loading")
         if db != "ok":
             problems.append(f"database: {db}")
+        if store.write_problem is not None:  # read-only or full since the last check: known at once
+            problems.append(f"database writes fail: {store.write_problem}")
         if not state.batcher.running:
             problems.append("batcher stopped")
         body = {"ready": not problems, "model": state.model_name, "db": db, "problems": problems}

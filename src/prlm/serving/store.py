@@ -43,6 +43,9 @@ class StoreUnavailable(StoreError):
 class ProfileStore(ABC):
     """Users, their token hashes, and their profile entries (per task)."""
 
+    write_problem: str | None = None
+    """Why the last write failed when the database could not take it (read-only, full), until one succeeds."""
+
     @abstractmethod
     def create_user(self, user_id: str, token_hash: str) -> None:
         """Add a user; StoreError(409) when the id is taken."""
@@ -202,17 +205,22 @@ class SQLiteProfileStore(ProfileStore):
         return conn
 
     def _write(self, fn):
-        with _unavailable_as_503(self.path):
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+        try:
+            with _unavailable_as_503(self.path):
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except StoreUnavailable as err:
+            self.write_problem = str(err)
+            raise
+        self.write_problem = None
+        return result
 
     def _read(self, fn):
         with _unavailable_as_503(self.path):
