@@ -41,6 +41,8 @@ class _Index:
     """This user's own retriever instances (their caches hold only this user's texts)."""
     built_with: set[str] = field(default_factory=set)
     """Retrievers whose per-entry data (embeddings) were computed for this version."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while this index's own retrievers run: their caches are plain dicts."""
 
 
 class ProfileIndex:
@@ -197,7 +199,7 @@ class Engine:
                     index.built_with.add(retriever_name)
                 entries, scores = retriever(text, index.entries, k)
         elif isinstance(retriever, BM25Retriever):
-            with self.index.retrieval_lock:  # its caches are plain dicts: one request at a time per instance
+            with index.lock:  # this user's own instance: users do not wait for each other
                 entries, scores = retriever(text, index.entries, k)
         else:
             entries, scores = retriever(text, index.entries, k)
