@@ -344,11 +344,13 @@ class DenseRetriever(Retriever):
             )
             found = dict(zip(missing, vectors))
         embedded = np.stack([found[t] if t in found else self._cache[t] for t in texts])
-        if self.cache_embeddings:
+        if self.cache_embeddings and self.max_cached is None:
+            self._cache.update(found)  # unbounded (evaluation): no order to keep
+        elif self.cache_embeddings:
             for text in dict.fromkeys(texts):  # the texts of this call become the most recently used
                 self._cache[text] = found[text] if text in found else self._cache[text]
                 self._cache.move_to_end(text)
-            while self.max_cached is not None and len(self._cache) > self.max_cached:
+            while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         else:
             self._cache.clear()

@@ -251,8 +251,8 @@ class _Measure:
         except Exception:
             if left:  # the app tripped over the client's absence (e.g. reading a body that never came)
                 status = None
-            else:
-                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            else:  # the route template, not the raw path: a client cannot write lines into the log
+                log.exception("unhandled error on %s %s", method_label(scope["method"]), self.route_of(scope))
                 if status is None:
                     await _send_json(guarded_send, 500, "internal error; the server log has the details")
                 status = 500
