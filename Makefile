@@ -11,7 +11,7 @@ SERVE_DB ?= profiles.sqlite
 SERVE_PORT ?= 8000
 SERVE_MODEL ?= auto
 
-.PHONY: install demo test test-fast bench clean serve browser
+.PHONY: install demo test test-fast bench clean serve browser postgres
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PRLM) run configs/cpu-demo.yaml
 
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(PY) -m pytest -q
 
 # The page's browser test drives Debian's chromium through playwright; playwright's
@@ -39,6 +39,14 @@ browser:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; } || \
 	  echo "warning: chromium could not be installed; the browser test will skip (and fail under CI)"
+
+# The serving store's tests run against a throwaway PostgreSQL cluster (Debian's server binaries,
+# started by the tests themselves as the postgres user; no system service is used).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; } || \
+	  echo "warning: postgresql could not be installed; the PostgreSQL tests will skip (and fail under CI)"
 
 # The API and web page on http://127.0.0.1:$(SERVE_PORT)/ with the embedded defaults:
 # profiles in $(SERVE_DB), the trained checkpoint of `make demo` if present, else SmolLM2

@@ -111,8 +111,10 @@ def test_generate_returns_answer_reasoning_hits_timings(server):
     assert [h["id"] for h in body["retrieved"]][0] == "a1"  # BM25: 'storm' and 'harbor' match a1 only
     assert len(body["retrieved"]) == 2 and body["retrieved"][0]["score"] > body["retrieved"][1]["score"]
     assert body["batch_size"] >= 1 and body["prompt_tokens"] > 0
-    assert set(body["timings"]) == {"retrieval_ms", "queue_ms", "prompt_ms", "generation_ms", "total_ms"}
-    assert body["timings"]["total_ms"] >= body["timings"]["retrieval_ms"]
+    # No per-stage timing that depends on the profile (retrieval time is a side channel): whole ms only.
+    assert set(body["timings"]) == {"queue_ms", "generation_ms", "total_ms"}
+    assert all(isinstance(v, int) for v in body["timings"].values())
+    assert body["timings"]["total_ms"] >= body["timings"]["generation_ms"]
     # Another retriever and k per request.
     r = client.post("/v1/users/alice/generate", headers=alice,
                     json={"task": TASK, "input": "anything", "retriever": "recency", "k": 3})

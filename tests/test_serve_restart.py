@@ -60,6 +60,7 @@ def test_serve_refuses_to_start_without_an_admin_token(tmp_path, monkeypatch, ca
     assert "shorter than" in capsys.readouterr().err
     token_file = tmp_path / "admin.token"
     token_file.write_text("")
+    token_file.chmod(0o600)
     assert main(["serve", "--db", str(tmp_path / "p.sqlite"), "--admin-token-file", str(token_file)]) == 2
     assert "shorter than" in capsys.readouterr().err
     assert main(["serve", "--db", str(tmp_path / "p.sqlite"), "--admin-token-file", str(tmp_path / "missing")]) == 2

@@ -1,4 +1,5 @@
-"""The SQLite profile store: WAL, atomic writes, versions, limits, durability across reopen."""
+"""The profile stores, SQLite and PostgreSQL, through one suite: atomic writes, versions, limits,
+durability across reopen; then what is particular to each (WAL for SQLite)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,44 @@ import threading
 import pytest
 
 from prlm import PrlmError
-from prlm.serving.store import SQLiteProfileStore, StoreError
+from prlm.serving.store import SQLiteProfileStore, StoreError, open_store
+from serve_support import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
 
 
 def _entries(*ids):
     return [{"id": i, "title": f"T {i}", "text": f"text {i}", "date": "2024-01-01"} for i in ids]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """What `--db` would say: a SQLite file or the URL of a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "p.sqlite")
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteProfileStore(tmp_path / "p.sqlite")
+def store(database):
+    s = open_store(database)
     s.create_user("alice", "hash-a")
     yield s
     s.close()
 
 
-def test_wal_mode_and_schema(tmp_path, store):
+def test_the_url_picks_the_store(database):
+    s = open_store(database)
+    assert type(s).__name__ == ("PostgresProfileStore" if database.startswith("postgresql://") else "SQLiteProfileStore")
+    assert s.check() == "ok" and s.check_writable() == "ok"
+    s.startup_check()
+    s.close()
+
+
+def test_sqlite_wal_mode_and_schema(tmp_path):
+    store = SQLiteProfileStore(tmp_path / "p.sqlite")
     with sqlite3.connect(tmp_path / "p.sqlite") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.check() == "ok"
+    store.close()
 
 
 def test_add_list_delete_bump_version(store):
@@ -71,6 +91,9 @@ def test_users_and_tokens(store):
     assert store.user_for_token_hash("hash-a") is None and store.user_for_token_hash("hash-b") == "alice"
     with pytest.raises(StoreError):
         store.set_token_hash("nobody", "x")
+    with pytest.raises(StoreError) as err:  # ids are unique whatever their case
+        store.create_user("ALICE", "hash-c")
+    assert err.value.status == 409
 
 
 def test_entries_are_per_user(store):
@@ -81,13 +104,12 @@ def test_entries_are_per_user(store):
     assert [e["id"] for e in store.list_entries("bob")] == ["a", "z"]
 
 
-def test_committed_writes_survive_reopen(tmp_path):
-    path = tmp_path / "d.sqlite"
-    s = SQLiteProfileStore(path)
+def test_committed_writes_survive_reopen(database):
+    s = open_store(database)
     s.create_user("u", "h")
     s.add_entries("u", "synthetic", _entries("x", "y"), max_entries=10)
     s.close()
-    again = SQLiteProfileStore(path)
+    again = open_store(database)
     assert [e["id"] for e in again.list_entries("u")] == ["x", "y"] and again.version("u") == 1
     again.close()
 
@@ -114,3 +136,23 @@ def test_concurrent_writers_from_threads(store):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(PrlmError, match="does not exist"):
         SQLiteProfileStore(tmp_path / "nope" / "p.sqlite")
+
+
+def test_concurrent_writers_keep_the_limit(store):
+    """The entry limit holds under concurrent writers (each write sees the others' counts)."""
+    results = []
+
+    def write(n):
+        try:
+            store.add_entries("alice", "synthetic", _entries(f"c{n}-a", f"c{n}-b"), max_entries=10)
+            results.append("ok")
+        except StoreError as err:
+            results.append(err.status)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 5 and results.count(409) == 3
+    assert len(store.list_entries("alice")) == 10 and store.version("alice") == 5

@@ -15,7 +15,7 @@ import itertools
 import math
 import operator
 import random
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from datetime import date
 from typing import Callable, Sequence
@@ -292,18 +292,26 @@ class BM25SRetriever(Retriever):
 class DenseRetriever(Retriever):
     """Cosine similarity of sentence embeddings; embeddings are cached by text
     unless `cache_embeddings` is false (then every call encodes its texts, as
-    LaMP's retrieval script does)."""
+    LaMP's retrieval script does).
+
+    The cache belongs to this instance: a caller that must keep users apart
+    (the server) makes one instance per user, sharing the loaded encoder through
+    `model`. `max_cached` bounds it (least recently used texts go first; None:
+    unbounded, as evaluation over a fixed split wants), and `forget` purges it.
+    """
 
     name = "dense"
 
     def __init__(self, task: Task, encoder: str = "minilm", device: str = "cpu", batch_size: int = 64,
-                 cache_embeddings: bool = True, model=None):
+                 cache_embeddings: bool = True, model=None, max_cached: int | None = None):
         """`model`: an already loaded encoder to use (e.g. shared by several retrievers)."""
         super().__init__(task)
+        if max_cached is not None and max_cached < 1:
+            raise PrlmError(f"max_cached must be at least 1 (or None for no bound), got {max_cached}")
         self.encoder_name, self.device, self.batch_size = encoder, device, batch_size
-        self.cache_embeddings = cache_embeddings
+        self.cache_embeddings, self.max_cached = cache_embeddings, max_cached
         self._model = model
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     @property
     def model(self):
@@ -313,16 +321,38 @@ class DenseRetriever(Retriever):
             self._model = load_encoder(self.encoder_name, device=self.device)
         return self._model
 
+    @property
+    def cached_texts(self) -> list[str]:
+        return list(self._cache)
+
+    def forget(self, keep=None) -> None:
+        """Drop cached embeddings: all of them, or all but the texts in `keep`."""
+        if keep is None:
+            self._cache.clear()
+            return
+        keep = set(keep)
+        for text in [t for t in self._cache if t not in keep]:
+            del self._cache[text]
+
     def embed(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        found = {}
         if missing:
             vectors = self.model.encode(
                 missing, batch_size=self.batch_size, normalize_embeddings=True,
                 convert_to_numpy=True, show_progress_bar=show_progress,
             )
-            self._cache.update(zip(missing, vectors))
-        embedded = np.stack([self._cache[t] for t in texts])
-        if not self.cache_embeddings:
+            found = dict(zip(missing, vectors))
+        embedded = np.stack([found[t] if t in found else self._cache[t] for t in texts])
+        if self.cache_embeddings and self.max_cached is None:
+            self._cache.update(found)  # unbounded (evaluation): no order to keep
+        elif self.cache_embeddings:
+            for text in dict.fromkeys(texts):  # the texts of this call become the most recently used
+                self._cache[text] = found[text] if text in found else self._cache[text]
+                self._cache.move_to_end(text)
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        else:
             self._cache.clear()
         return embedded
 

@@ -8,6 +8,9 @@ not that user exists). Every client mistake is a 4xx with a one-line `detail`.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import json
 import logging
 import re
@@ -17,16 +20,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.routing import Match
 
 from prlm import PrlmError, __version__
@@ -35,7 +37,7 @@ from prlm.serving.auth import Authenticator, hash_token, new_user_token
 from prlm.serving.batcher import Batcher, QueueFull
 from prlm.serving.config import NO_MODEL, ServeConfig
 from prlm.serving.engine import Engine
-from prlm.serving.metrics import Metrics
+from prlm.serving.metrics import CONTENT_TYPE_LATEST, Metrics, method_label
 from prlm.serving.store import ProfileStore, StoreError
 
 log = logging.getLogger("prlm.serve")
@@ -43,6 +45,7 @@ log = logging.getLogger("prlm.serve")
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENTRY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 STATIC = Path(__file__).parent / "static"
+DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
 
 class SafeJSONResponse(JSONResponse):
@@ -59,7 +62,18 @@ class _Strict(BaseModel):
 
 
 class NewUser(_Strict):
-    user_id: str = Field(pattern=USER_ID_PATTERN, description="Letters, digits, '_', '.', '-'; at most 64.")
+    user_id: str = Field(pattern=USER_ID_PATTERN, description="Letters, digits, '_', '.', '-'; at most 64. "
+                                                             "Case does not matter: ids are stored in lower case.")
+
+    @field_validator("user_id")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return normal_user_id(value)
+
+
+def normal_user_id(user_id: str) -> str:
+    """User ids are case-insensitive: 'alice' and 'ALICE' are one user (stored and compared in lower case)."""
+    return user_id.lower()
 
 
 class UserToken(BaseModel):
@@ -109,11 +123,12 @@ class Hit(BaseModel):
 
 
 class Timings(BaseModel):
-    retrieval_ms: float
-    queue_ms: float
-    prompt_ms: float
-    generation_ms: float
-    total_ms: float
+    """Whole milliseconds of what the client waited for; no per-stage figure that depends on the
+    profile (retrieval time is a side channel): those go to /metrics, summed over all users."""
+
+    queue_ms: int
+    generation_ms: int
+    total_ms: int
 
 
 class GenerateResponse(BaseModel):
@@ -146,7 +161,33 @@ class ServerState:
         self.load_error: str | None = None
         self.metrics = Metrics()
         self.batcher = Batcher(self._run_batch, cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue,
-                               on_batch=self.metrics.observe_batch)
+                               on_batch=self.metrics.observe_batch, max_per_owner=cfg.max_queue_per_user,
+                               on_drop=self.metrics.dropped.inc)
+        self.metrics.gauge("prlm_generate_queue_waiting", "Generation requests waiting for an answer.",
+                           lambda: self.batcher.waiting)
+        self.metrics.gauge("prlm_ready", "1 once the model is loaded.", lambda: int(self.engine is not None))
+        self._db_status: tuple[float, str] | None = None  # (monotonic time of the check, result)
+        self._db_check_lock = threading.Lock()
+
+    def db_status(self) -> str:
+        """The store's integrity check, run at most every `ready_check_interval_s`: readiness probes
+        (anonymous, frequent) read the cached answer and never queue behind a check of their own."""
+        cached = self._db_status
+        fresh = cached is not None and time.monotonic() - cached[0] < self.cfg.ready_check_interval_s
+        if fresh:
+            return cached[1]
+        if not self._db_check_lock.acquire(blocking=cached is None):
+            return cached[1]  # another request is checking right now
+        try:
+            try:
+                result = self.store.check()
+            except Exception as err:  # a check must answer, not raise: readiness reports the cause
+                log.warning("database check failed: %s: %s", type(err).__name__, err)
+                result = f"check failed: {type(err).__name__}: {err}"
+            self._db_status = (time.monotonic(), result)
+            return result
+        finally:
+            self._db_check_lock.release()
 
     def _run_batch(self, batch):
         return self.engine.run_batch(batch)
@@ -154,7 +195,7 @@ class ServerState:
     def set_generator(self, generator, tokenizer) -> None:
         c = self.cfg
         self.engine = Engine(self.store, generator, tokenizer, c.method, c.max_prompt_tokens, c.max_new_tokens,
-                             temperature=c.temperature, seed=c.seed)
+                             temperature=c.temperature, seed=c.seed, index_max_entries=c.index_cache_entries)
 
     def load_model(self) -> None:
         """Runs on a background thread: profile endpoints work while the model loads."""
@@ -170,26 +211,124 @@ class ServerState:
         log.info("model '%s' loaded; ready", self.model_name)
 
 
-class _BodyLimit:
-    """Pure ASGI: refuses bodies over `limit` bytes with 413 before any parsing, chunked ones included."""
+class _Measure:
+    """Pure ASGI, outermost: times every request into the metrics, adds the security headers to every
+    answer, and tells a client that left from a server error.
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    A client that disconnects before its answer (mid-upload, or while its generation waits) is counted
+    as a disconnect and logged in one line, never as a 5xx. An exception that escapes the app is logged
+    once with its traceback and answered 500 here (nothing outside re-raises it).
+    """
+
+    def __init__(self, app, metrics: Metrics, route_of: Callable[[dict], str], page_csp: str):
+        self.app, self.metrics, self.route_of, self.page_csp = app, metrics, route_of, page_csp
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        started = time.perf_counter()
+        status, complete, left = None, False, False
+
+        async def watched_receive():
+            nonlocal left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                left = True
+            return message
+
+        async def guarded_send(message):
+            nonlocal status, complete
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": _with_security_headers(message.get("headers", []), scope["path"],
+                                                                          self.page_csp)}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, watched_receive, guarded_send)
+        except Exception:
+            if left:  # the app tripped over the client's absence (e.g. reading a body that never came)
+                status = None
+            else:  # the route template, not the raw path: a client cannot write lines into the log
+                log.exception("unhandled error on %s %s", method_label(scope["method"]), self.route_of(scope))
+                if status is None:
+                    await _send_json(guarded_send, 500, "internal error; the server log has the details")
+                status = 500
+        route, method = self.route_of(scope), scope["method"]
+        if left:  # whatever the app sent after that went nowhere (uvicorn drops it)
+            self.metrics.observe_disconnect(method, route)
+            log.info("client left before its answer: %s %s", method_label(method), route)
+            return
+        if status is None:  # the app returned without answering a client that is still there: a server bug
+            log.error("no response returned for %s %s", method_label(method), route)
+            await _send_json(guarded_send, 500, "internal error; the server log has the details")
+            status = 500
+        self.metrics.observe_request(method, route, status, time.perf_counter() - started)
+
+
+# Every answer: nothing is sniffed, framed, cached or sent on as a referrer. API answers carry tokens and
+# profile text, so no cache may keep them; the page gets its own CSP (see `page_csp`).
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),
+]
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+def _with_security_headers(headers, path: str, page_csp: str) -> list:
+    have = {name.lower() for name, _ in headers}
+    out = list(headers)
+    for name, value in SECURITY_HEADERS:
+        if name not in have:
+            out.append((name, value))
+    if b"content-security-policy" not in have:
+        out.append((b"content-security-policy", (page_csp if path == "/" else API_CSP).encode("latin-1")))
+    return out
+
+
+def page_csp(html: str) -> str:
+    """The page's CSP: its one inline script and style allowed by hash, requests to this origin only."""
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join("'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
+                        for b in blocks) or "'none'"
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+            "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+class _BodyLimit:
+    """Pure ASGI: refuses bodies over `limit` bytes with 413 before any parsing, chunked ones included,
+    and bodies that take longer than `timeout_s` to arrive (a client trickling bytes) with 408."""
+
+    def __init__(self, app, limit: int, timeout_s: float):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = _header(scope, b"content-length")
         if length is not None:
             if not length.isdigit():
                 return await _send_json(send, 400, "invalid Content-Length header")
             if int(length) > self.limit:
                 return await _send_json(send, 413, f"request body over {self.limit} bytes")
         chunks, size, more = [], 0, True
+        deadline = time.monotonic() + self.timeout_s
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                return await _send_json(send, 408, f"request body not received within {self.timeout_s:g} s",
+                                        close=True)
             if message["type"] == "http.disconnect":
-                return None  # the client left; nothing to answer
+                return None  # the client left; nothing to answer (the measuring middleware counts it)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
@@ -208,16 +347,24 @@ class _BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _send_json(send, status: int, detail: str):
+def _header(scope, name: bytes) -> bytes | None:
+    values = [v for k, v in scope["headers"] if k.lower() == name]
+    return values[0] if values else None
+
+
+async def _send_json(send, status: int, detail: str, headers: list | None = None, close: bool = False):
     body = json.dumps({"detail": detail}).encode()
+    extra = list(headers or []) + ([(b"connection", b"close")] if close else [])
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
 class _Authenticate:
     """Pure ASGI: every /v1/ request but the task table must carry a known bearer token (401 otherwise),
-    checked before its body is parsed."""
+    checked before its body is parsed. Two Authorization headers are refused (400): proxies and this
+    server could otherwise read different ones."""
 
     PUBLIC = {"/v1/tasks"}
 
@@ -227,23 +374,50 @@ class _Authenticate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith("/v1/") or scope["path"] in self.PUBLIC:
             return await self.app(scope, receive, send)
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        headers = [v for k, v in scope["headers"] if k.lower() == b"authorization"]
+        if len(headers) > 1:
+            return await _send_json(send, 400, "send one Authorization header, not several")
+        header = headers[0].decode("latin-1") if headers else ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return await _send_401(send, "missing bearer token: send the header 'Authorization: Bearer TOKEN'")
-        ident = self.state.auth.identify(token.strip())
+        try:
+            ident = await run_in_threadpool(self.state.auth.identify, token.strip())
+        except StoreError as err:  # e.g. the database is unreadable: 503 with the cause
+            return await _send_json(send, err.status, str(err), headers=_retry_after(err))
         if ident is None:
             return await _send_401(send, "unknown or revoked token")
         scope.setdefault("state", {})["principal"] = Principal(*ident)
         return await self.app(scope, receive, send)
 
 
+def _retry_after(err: StoreError) -> list:
+    return [(b"retry-after", b"5")] if err.status == 503 else []
+
+
 async def _send_401(send, detail: str):
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b"Bearer")]})
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, 401, detail, headers=[(b"www-authenticate", b"Bearer")])
+
+
+async def _unless_client_leaves(request: Request, work) -> asyncio.Future | None:
+    """Runs `work` until it ends (its finished task is returned) or the client disconnects (it is
+    cancelled, so the batcher drops the request before generating, and None is returned).
+
+    Starlette does not cancel a handler whose client left; its body is read by now, so the next
+    message the server has for this request is the disconnect (or nothing until the answer is sent)."""
+    async def until_disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(until_disconnected())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        return task
+    task.cancel()
+    return None
 
 
 def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generator=None, tokenizer=None,
@@ -255,6 +429,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await run_in_threadpool(state.db_status)  # the integrity check at start-up; then from the cache
         await state.batcher.start()
         if state.engine is None and state.model_name != NO_MODEL:
             threading.Thread(target=state.load_model, name="prlm-load-model", daemon=True).start()
@@ -286,23 +461,8 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError):
-        return SafeJSONResponse({"detail": str(exc)}, status_code=exc.status)
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return SafeJSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
-
-    async def _measure(request: Request, call_next):
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            state.metrics.observe_request(request.method, route_template(request.scope), status,
-                                          time.perf_counter() - started)
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return SafeJSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
     def route_template(scope) -> str:
         """The matched route's template; answers given before routing (401, 413) are matched here."""
@@ -330,6 +490,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
     def owner(user_id: str = PathParam(pattern=USER_ID_PATTERN), p: Principal = Depends(principal)) -> str:
         if p.role == "admin":
             raise HTTPException(403, "the admin token does not read or write profiles; use the user's token")
+        user_id = normal_user_id(user_id)
         if p.user_id != user_id:
             raise HTTPException(403, "a user token reaches only its own user id")
         return user_id
@@ -352,6 +513,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
     @app.post("/v1/users/{user_id}/token", response_model=UserToken, tags=["users"],
               summary="Issue a new token for a user; the old one stops working (admin)")
     def rotate_token(user_id: str = PathParam(pattern=USER_ID_PATTERN), _: Principal = Depends(admin)):
+        user_id = normal_user_id(user_id)
         token = new_user_token()
         store.set_token_hash(user_id, hash_token(token))
         return UserToken(user_id=user_id, token=token)
@@ -394,7 +556,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
                     raise HTTPException(422, f"entries[{i}].id: use letters, digits, '_', '.', ':', '-' (at most 64)")
             if "date" in entry:
                 try:
-                    if len(entry["date"]) != 10:
+                    if not DATE_PATTERN.fullmatch(entry["date"]):  # fromisoformat also takes 2024-W01-1
                         raise ValueError
                     date.fromisoformat(entry["date"])
                 except ValueError:
@@ -421,13 +583,15 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
                 summary="Delete one profile entry")
     def delete_entry(entry_id: str = PathParam(pattern=ENTRY_ID_PATTERN), user_id: str = Depends(owner)):
         version = store.delete_entry(user_id, entry_id)
+        if state.engine is not None:  # nothing derived from the deleted entry stays in memory
+            state.engine.index.refresh(user_id)
         return EntryDeleted(user_id=user_id, deleted=entry_id, version=version)
 
     # --- generation ----------------------------------------------------------------------
 
     @app.post("/v1/users/{user_id}/generate", response_model=GenerateResponse, tags=["generation"],
               summary="Retrieve from this user's entries, run the policy, return answer and reasoning")
-    async def generate(body: GenerateRequest, user_id: str = Depends(owner)):
+    async def generate(request: Request, body: GenerateRequest, user_id: str = Depends(owner)):
         started = time.perf_counter()
         task = task_or_422(body.task)
         retriever = body.retriever or cfg.retriever
@@ -448,19 +612,22 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
             prepared = await run_in_threadpool(engine.retrieve, user_id, task.name, body.input, retriever, k)
         except PrlmError as err:  # e.g. the dense encoder is not installed
             raise HTTPException(422, str(err)) from None
+        state.metrics.observe_stage("retrieval", prepared.retrieval_ms / 1000)
+        answered = await _unless_client_leaves(request, state.batcher.submit(prepared, owner=user_id))
+        if answered is None:  # the client left: its request was dropped before generation; nobody reads this
+            return Response(status_code=499)
         try:
-            result, info = await state.batcher.submit(prepared)
+            result, info = answered.result()
         except QueueFull as err:
             raise HTTPException(429, str(err), headers={"Retry-After": "1"}) from None
+        state.metrics.observe_stage("queue", info.queue_ms / 1000)
+        state.metrics.observe_stage("generation", info.batch_ms / 1000)
         total = (time.perf_counter() - started) * 1000
         return GenerateResponse(
             user_id=user_id, task=task.name, answer=result.answer, reasoning=result.reasoning,
             retrieved=[Hit(**h) for h in result.retrieved], retriever=retriever, k=k, method=cfg.method,
             model=state.model_name, batch_size=info.batch_size, prompt_tokens=result.prompt_tokens,
-            timings=Timings(retrieval_ms=round(prepared.retrieval_ms, 2), queue_ms=round(info.queue_ms, 2),
-                            prompt_ms=round(result.prompt_ms, 2),
-                            generation_ms=round(info.batch_ms - result.prompt_ms * info.batch_size, 2),
-                            total_ms=round(total, 2)))
+            timings=Timings(queue_ms=round(info.queue_ms), generation_ms=round(info.batch_ms), total_ms=round(total)))
 
     # --- operations -------------------------------------------------------------------
 
@@ -470,12 +637,14 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
 
     @app.get("/readyz", tags=["operations"], summary="Readiness: model loaded, database intact, batcher running")
     def readyz():
-        db = store.check()
+        db = state.db_status()
         problems = []
         if state.engine is None and state.model_name != NO_MODEL:
             problems.append(f"model failed to load: {state.load_error}" if state.load_error else "model loading")
         if db != "ok":
             problems.append(f"database: {db}")
+        if store.write_problem is not None:  # read-only or full since the last check: known at once
+            problems.append(f"database writes fail: {store.write_problem}")
         if not state.batcher.running:
             problems.append("batcher stopped")
         body = {"ready": not problems, "model": state.model_name, "db": db, "problems": problems}
@@ -483,9 +652,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"], summary="Prometheus metrics")
     def metrics():
-        text = state.metrics.render({"prlm_generate_queue_waiting": state.batcher.waiting,
-                                     "prlm_ready": int(state.engine is not None)})
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
@@ -496,8 +663,8 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
     # The last added is the outermost: metrics see every answer (413 and 401 included),
     # the body limit runs before authentication, authentication before any parsing.
     app.add_middleware(_Authenticate, state=state)
-    app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
-    app.add_middleware(BaseHTTPMiddleware, dispatch=_measure)
+    app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(_Measure, metrics=state.metrics, route_of=route_template, page_csp=page_csp(page))
     return app
 
 
@@ -506,18 +673,24 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     from prlm.serving.auth import load_admin_token
-    from prlm.serving.store import SQLiteProfileStore
+    from prlm.serving.store import open_store
 
     admin_token = load_admin_token(cfg.admin_token_file)
     model = cfg.resolved_model()
     if model != NO_MODEL and model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
         raise PrlmError(f"model folder '{model}' not found")
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = SQLiteProfileStore(cfg.db)
-    log.info("profiles in %s; %s", cfg.db, "no model: generate answers 503" if model == NO_MODEL
+    store = open_store(cfg.db)  # every problem with the database is one PrlmError line (exit code 2)
+    try:
+        store.startup_check()
+    except PrlmError:
+        store.close()
+        raise
+    log.info("profiles in %s; %s", store.describe(), "no model: generate answers 503" if model == NO_MODEL
              else f"model '{model}' loads in the background (/readyz says when it is ready)")
     app = create_app(cfg, store, admin_token, model_name=model)
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
+                    timeout_keep_alive=cfg.keep_alive_s)
     finally:
         store.close()

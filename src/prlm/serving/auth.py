@@ -17,6 +17,9 @@ from prlm import PrlmError
 
 ADMIN_ENV = "PRLM_ADMIN_TOKEN"
 MIN_ADMIN_TOKEN_CHARS = 16
+# A random token of 16+ characters has many distinct ones (secrets.token_urlsafe(32): about 30 of 43);
+# fewer than this means a typed or patterned one ("aaaaaaaaaaaaaaaa", "1234567812345678").
+MIN_ADMIN_TOKEN_DISTINCT = 10
 USER_TOKEN_PREFIX = "prlm_u_"
 
 
@@ -31,10 +34,7 @@ def new_user_token() -> str:
 def load_admin_token(token_file: str = "") -> str:
     """The admin token from `token_file`, else from $PRLM_ADMIN_TOKEN; never a default."""
     if token_file:
-        path = Path(token_file)
-        if not path.is_file():
-            raise PrlmError(f"admin token file '{token_file}' not found")
-        token = path.read_text(encoding="utf-8").strip()
+        token = _read_token_file(Path(token_file))
         source = f"admin token file '{token_file}'"
     else:
         token = os.environ.get(ADMIN_ENV, "").strip()
@@ -44,9 +44,30 @@ def load_admin_token(token_file: str = "") -> str:
                             f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > admin.token)")
     if len(token) < MIN_ADMIN_TOKEN_CHARS:
         raise PrlmError(f"the admin token from {source} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one")
+    if len(set(token)) < MIN_ADMIN_TOKEN_DISTINCT:
+        raise PrlmError(f"the admin token from {source} has only {len(set(token))} distinct characters; "
+                        f"use a random one (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if token.startswith(USER_TOKEN_PREFIX):
         raise PrlmError(f"the admin token from {source} must not start with '{USER_TOKEN_PREFIX}' (user tokens do)")
     return token
+
+
+def _read_token_file(path: Path) -> str:
+    """The token in `path`, which only its owner may read; every problem is one PrlmError line."""
+    if not path.is_file():
+        raise PrlmError(f"admin token file '{path}' not found")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PrlmError(f"admin token file '{path}' can be read by others (mode {mode:04o}); "
+                        f"run: chmod 600 '{path}'")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PrlmError(f"admin token file '{path}' cannot be read: {err.strerror or err}") from None
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise PrlmError(f"admin token file '{path}' is not UTF-8 text; write the token as plain text") from None
 
 
 class Authenticator:

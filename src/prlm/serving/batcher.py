@@ -5,6 +5,11 @@ Requests wait in a small queue; the worker takes the first one, waits up to
 one generation call on a single worker thread. Requests that arrive while a
 batch runs form the next batch at once, so batches grow with concurrency and
 so does throughput.
+
+The queue is bounded twice: `max_queue` requests in all and `max_per_owner`
+per user, counting only requests still waiting for an answer. A request whose
+client left is cancelled by the API (its future is done) and is dropped before
+generation; it stops counting at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class QueueFull(Exception):
 class _Job:
     payload: Any
     future: asyncio.Future
+    owner: str | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -42,9 +48,14 @@ class Batcher:
     """`await submit(payload)` -> (result, BatchInfo); `run_batch(payloads) -> results` runs on one thread."""
 
     def __init__(self, run_batch: Callable[[Sequence[Any]], list[Any]], max_batch: int = 8, window_s: float = 0.02,
-                 max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None):
+                 max_queue: int = 256, on_batch: Callable[[int, float], None] | None = None,
+                 max_per_owner: int | None = None, on_drop: Callable[[int], None] | None = None):
         self.run_batch, self.max_batch, self.window_s, self.max_queue = run_batch, max_batch, window_s, max_queue
-        self.on_batch = on_batch
+        self.max_per_owner = max_per_owner
+        self.on_batch, self.on_drop = on_batch, on_drop
+        self._live = 0  # submitted and not yet answered or cancelled
+        self._per_owner: dict[str, int] = {}
+        self.dropped = 0
         self.batch_sizes: deque[int] = deque(maxlen=10_000)
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
@@ -57,7 +68,11 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting for an answer (queued or in the running batch); cancelled ones do not count."""
+        return self._live
+
+    def waiting_for(self, owner: str) -> int:
+        return self._per_owner.get(owner, 0)
 
     async def start(self) -> None:
         if self.running:  # a queue belongs to one event loop: one app, one server
@@ -74,37 +89,67 @@ class Batcher:
                 pass  # the cancellation we asked for
         self._executor.shutdown(wait=True)
 
-    async def submit(self, payload: Any) -> tuple[Any, BatchInfo]:
+    async def submit(self, payload: Any, owner: str | None = None) -> tuple[Any, BatchInfo]:
+        """Queue one request and wait for its result; cancelling the caller drops the request."""
         if not self.running:
             raise RuntimeError("the batcher is not running")
-        if self._queue.qsize() >= self.max_queue:
-            raise QueueFull(f"{self._queue.qsize()} generation requests are waiting; retry later")
-        job = _Job(payload, asyncio.get_running_loop().create_future())
-        await self._queue.put(job)
+        if self._live >= self.max_queue:
+            raise QueueFull(f"{self._live} generation requests are waiting; retry later")
+        if owner is not None and self.max_per_owner is not None and self.waiting_for(owner) >= self.max_per_owner:
+            raise QueueFull(f"this user already has {self.waiting_for(owner)} generation requests waiting "
+                            f"(at most {self.max_per_owner}); wait for their answers")
+        job = _Job(payload, asyncio.get_running_loop().create_future(), owner)
+        self._count(job, +1)
+        job.future.add_done_callback(lambda _: self._count(job, -1))
+        self._queue.put_nowait(job)
         return await job.future
 
+    def _count(self, job: _Job, step: int) -> None:
+        self._live += step
+        if job.owner is not None:
+            left = self._per_owner.get(job.owner, 0) + step
+            if left > 0:
+                self._per_owner[job.owner] = left
+            else:
+                self._per_owner.pop(job.owner, None)
+
     async def _collect(self) -> list[_Job]:
-        batch = [await self._queue.get()]
+        """The next batch of live jobs; jobs whose client left (future done) are dropped here, unrun."""
+        batch = []
+        while not batch:
+            self._keep_if_live(await self._queue.get(), batch)
         deadline = time.perf_counter() + self.window_s
         while len(batch) < self.max_batch:
             if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                self._keep_if_live(self._queue.get_nowait(), batch)
                 continue
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                self._keep_if_live(await asyncio.wait_for(self._queue.get(), remaining), batch)
             except TimeoutError:
                 break
         return batch
+
+    def _keep_if_live(self, job: _Job, batch: list[_Job]) -> None:
+        if not job.future.done():
+            batch.append(job)
+            return
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop(1)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            # A client that went away cancelled its future: do not generate for it.
-            batch = [job for job in batch if not job.future.done()]
+            # A client may have left while the batch was collected: do not generate for it either.
+            live = [job for job in batch if not job.future.done()]
+            for job in batch:
+                if job.future.done():
+                    self._keep_if_live(job, [])
+            batch = live
             if not batch:
                 continue
             started = time.perf_counter()

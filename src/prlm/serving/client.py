@@ -52,19 +52,31 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        reused = self._conn is not None
+        try:
+            response, raw = self._send(method, path, data, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The server closes a keep-alive connection left idle (uvicorn: after 5 s). A read is
+            # safe to send again on a fresh one; a write is not (it may have landed), so it raises.
+            if not (reused and method in ("GET", "HEAD")):
+                raise
+            response, raw = self._send(method, path, data, headers)
+        text = raw.decode("utf-8", errors="replace")
+        if response.getheader("content-type", "").startswith("application/json"):
+            return response.status, json.loads(text)
+        return response.status, text
+
+
+    def _send(self, method: str, path: str, data, headers):
         if self._conn is None:
             self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
             self._conn.request(method, path, body=data, headers=headers)
             response = self._conn.getresponse()
-            raw = response.read()
+            return response, response.read()
         except (OSError, http.client.HTTPException):
             self.close()  # the next request opens a fresh connection
             raise
-        text = raw.decode("utf-8", errors="replace")
-        if response.getheader("content-type", "").startswith("application/json"):
-            return response.status, json.loads(text)
-        return response.status, text
 
 
 def free_port() -> int:

@@ -19,7 +19,9 @@ class ServeConfig:
     model: str = opt("auto", f"Policy: 'auto' (the trained PrLM checkpoint {TRAINED_DEFAULT} when it exists, "
                              f"else the base model {BASE_MODEL}), a local folder, a model name, or 'none' "
                              f"(profiles only: generate answers 503).")
-    db: str = opt("profiles.sqlite", "SQLite database of users and profiles (created when missing, WAL mode).")
+    db: str = opt("profiles.sqlite", "Database of users and profiles: a SQLite file (created when missing, WAL mode, "
+                                     "mode 0600) or a PostgreSQL URL postgresql://user@host:5432/dbname (for several "
+                                     "API processes or machines on one database).")
     host: str = opt("127.0.0.1", "Address to listen on.")
     port: int = opt(8000, "Port to listen on.")
     admin_token_file: str = opt("", "File holding the admin token (else env PRLM_ADMIN_TOKEN; there is no default).")
@@ -37,11 +39,18 @@ class ServeConfig:
     max_batch: int = opt(8, "Most generation requests run in one batch.")
     batch_window_ms: float = opt(20.0, "How long the first request of a batch waits for others to join it.")
     max_queue: int = opt(256, "Generation requests waiting at most; beyond it requests get 429.")
+    max_queue_per_user: int = opt(8, "Generation requests one user may have waiting; beyond it they get 429.")
     max_body_bytes: int = opt(65536, "Largest request body accepted (413 beyond).")
     max_entry_chars: int = opt(8000, "Longest value of one entry field.")
     max_entries_per_user: int = opt(2000, "Most profile entries one user may hold.")
     max_entries_per_request: int = opt(100, "Most entries one add request may carry.")
     max_input_chars: int = opt(8000, "Longest generation input.")
+    index_cache_entries: int = opt(100_000, "Profile entries kept in memory over all users' retrieval indexes "
+                                            "(least recently used users' indexes go first).")
+    ready_check_interval_s: float = opt(5.0, "Seconds between database integrity checks; /readyz answers from "
+                                             "the last one (it runs at start-up, then at most this often).")
+    body_timeout_s: float = opt(10.0, "Seconds a client may take to send its request body (408 beyond).")
+    keep_alive_s: float = opt(5.0, "Seconds an idle keep-alive connection stays open.")
     log_level: str = opt("info", "uvicorn log level: critical, error, warning, info, debug.")
 
     def __post_init__(self):
@@ -59,13 +68,17 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise PrlmError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_k", "max_prompt_tokens", "max_new_tokens", "max_batch", "max_queue", "max_body_bytes",
-                     "max_entry_chars", "max_entries_per_user", "max_entries_per_request", "max_input_chars"):
+                     "max_entry_chars", "max_entries_per_user", "max_entries_per_request", "max_input_chars",
+                     "max_queue_per_user", "index_cache_entries"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.k <= self.max_k:
             raise PrlmError(f"k must be in 0..max_k ({self.max_k}), got {self.k}")
         if self.temperature < 0:
             raise PrlmError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        for name in ("ready_check_interval_s", "body_timeout_s", "keep_alive_s"):
+            if getattr(self, name) <= 0:
+                raise PrlmError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.batch_window_ms < 0:
             raise PrlmError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
         if self.admin_token_file and not Path(self.admin_token_file).is_file():

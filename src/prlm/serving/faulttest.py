@@ -6,7 +6,10 @@ Each round starts `prlm serve` as a real process on a free loopback port,
 lets `writers` clients add entries one per request, kills the server with
 SIGKILL once `kill_after` writes were acknowledged (others are in flight),
 restarts it on the same database and lists the profile: every acknowledged
-entry must be there. At the end SQLite's `PRAGMA integrity_check` must say ok.
+entry must be there. At the end SQLite's `PRAGMA integrity_check` must say ok
+(for a postgresql:// database, the store's own check).
+
+    python -m prlm.serving.faulttest --db postgresql://postgres@127.0.0.1:5432/fault --rounds 3
 """
 
 from __future__ import annotations
@@ -90,9 +93,13 @@ def _writer(url: str, token: str, user: str, name: str, acked: list, failures: l
         n += 1
 
 
+def _is_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def run_fault_test(db: str, model: str = "none", rounds: int = 1, writers: int = 4, kill_after: int = 50,
                    admin_token: str = "fault-test-admin-token-0123456789", log_path: str | None = None) -> dict:
-    if Path(db).exists():
+    if not _is_url(db) and Path(db).exists():
         raise PrlmError(f"'{db}' exists; the fault test starts from a new database")
     user, token, acked_all, results = "fault-user", None, [], []
     for round_no in range(rounds):
@@ -144,18 +151,32 @@ def run_fault_test(db: str, model: str = "none", rounds: int = 1, writers: int =
     finally:
         server.stop()
     missing = sorted(set(acked_all) - present)
-    with sqlite3.connect(db) as conn:
-        integrity = "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check").fetchall())
-    conn.close()
+    integrity = _integrity(db)
     return {"rounds": rounds, "writers": writers, "kill_after": kill_after, "acked": len(acked_all),
             "present": len(present), "missing": len(missing), "missing_ids": missing[:10],
             "unacked_but_present": len(present - set(acked_all)), "integrity_check": integrity,
             "final_restart_s": round(start_s, 2), "per_round": results}
 
 
+def _integrity(db: str) -> str:
+    if _is_url(db):
+        from prlm.serving.store import open_store
+
+        store = open_store(db)
+        try:
+            return store.check()
+        finally:
+            store.close()
+    with sqlite3.connect(db) as conn:
+        integrity = "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check").fetchall())
+    conn.close()
+    return integrity
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prlm.serving.faulttest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", required=True, help="new SQLite file to create")
+    parser.add_argument("--db", required=True, help="new SQLite file to create, or the URL of an empty "
+                                                     "PostgreSQL database")
     parser.add_argument("--model", default="none", help="model the server loads (default: none; writes do not need one)")
     parser.add_argument("--rounds", type=int, default=3, help="kill-and-restart cycles (default: 3)")
     parser.add_argument("--writers", type=int, default=4, help="concurrent writing clients (default: 4)")

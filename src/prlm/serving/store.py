@@ -13,10 +13,12 @@ served from a stale index.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,15 +26,25 @@ from prlm import PrlmError
 
 
 class StoreError(Exception):
-    """A request the store refuses (maps to a 4xx); `status` says which."""
+    """A request the store refuses (maps to a 4xx), or cannot serve now (503); `status` says which."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot do this now (read-only, full, corrupt, unreachable): 503 with the cause."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
+
+
 class ProfileStore(ABC):
     """Users, their token hashes, and their profile entries (per task)."""
+
+    write_problem: str | None = None
+    """Why the last write failed when the database could not take it (read-only, full), until one succeeds."""
 
     @abstractmethod
     def create_user(self, user_id: str, token_hash: str) -> None:
@@ -73,7 +85,20 @@ class ProfileStore(ABC):
 
     @abstractmethod
     def check(self) -> str:
-        """'ok' when the database answers and is intact, else what is wrong."""
+        """'ok' when the database answers and is intact, else what is wrong; never raises."""
+
+    @abstractmethod
+    def check_writable(self) -> str:
+        """'ok' when a write commits (the start-up check tries one), else what is wrong; never raises."""
+
+    def startup_check(self) -> None:
+        """Refuse to serve from a database that is corrupt or cannot take writes: PrlmError with the cause."""
+        for what, result in (("integrity check", self.check()), ("test write", self.check_writable())):
+            if result != "ok":
+                raise PrlmError(f"database {self.describe()} failed its {what}: {result}")
+
+    def describe(self) -> str:
+        return type(self).__name__
 
     @abstractmethod
     def close(self) -> None: ...
@@ -96,7 +121,32 @@ CREATE TABLE IF NOT EXISTS entries (
     UNIQUE (user_id, entry_id)
 );
 CREATE INDEX IF NOT EXISTS entries_user_task ON entries (user_id, task, seq);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
 """
+
+# SQLite errors that say the database cannot serve now, whoever asks: 503 with the cause, not a 500.
+_UNAVAILABLE = ("readonly", "read-only", "disk is full", "disk i/o", "malformed", "not a database",
+                "unable to open", "locked", "no such table")
+
+
+@contextmanager
+def _unavailable_as_503(path: str):
+    try:
+        yield
+    except (sqlite3.OperationalError, sqlite3.DatabaseError) as err:
+        if isinstance(err, sqlite3.IntegrityError) or not any(w in str(err).lower() for w in _UNAVAILABLE):
+            raise
+        raise StoreUnavailable(f"database unavailable: {err}") from None
+
+
+def _create_private(path: Path) -> None:
+    """Create a new database file readable by its owner only (SQLite gives its -wal and -shm files
+    the same mode): profiles and token hashes are nobody else's business."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 def _now() -> str:
@@ -111,21 +161,29 @@ class SQLiteProfileStore(ProfileStore):
     writers never deadlock upgrading a read lock.
     """
 
-    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000):
+    def __init__(self, path: str | Path, busy_timeout_ms: int = 10_000, pragmas: tuple[str, ...] = ()):
+        """`pragmas`: extra `PRAGMA` statements run on every connection (e.g. 'query_only=ON')."""
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.pragmas = tuple(pragmas)
         if self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise PrlmError(f"database folder '{parent}' does not exist; create it or pass another --db")
+            _create_private(Path(self.path))
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        conn = self._conn()
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal" and self.path != ":memory:":
-            raise PrlmError(f"database '{self.path}' could not switch to WAL mode (got '{mode}')")
-        conn.executescript(_SCHEMA)
+        try:
+            conn = self._conn()
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal" and self.path != ":memory:":
+                raise PrlmError(f"database '{self.path}' could not switch to WAL mode (got '{mode}')")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as err:  # e.g. a file that is not SQLite: one line, not a traceback
+            self.close()
+            raise PrlmError(f"database '{self.path}' cannot be used: {err} "
+                            f"(restore it from a backup, or move it away to start a new one)") from None
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -139,33 +197,49 @@ class SQLiteProfileStore(ProfileStore):
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            for pragma in self.pragmas:
+                conn.execute(f"PRAGMA {pragma}")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
         return conn
 
     def _write(self, fn):
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            with _unavailable_as_503(self.path):
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except StoreUnavailable as err:
+            self.write_problem = str(err)
             raise
-        conn.execute("COMMIT")
+        self.write_problem = None
         return result
 
     def _read(self, fn):
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            return fn(conn)
-        finally:
-            conn.execute("COMMIT")
+        with _unavailable_as_503(self.path):
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _query(self, sql: str, args=()):
+        with _unavailable_as_503(self.path):
+            return self._conn().execute(sql, args).fetchone()
 
     def create_user(self, user_id: str, token_hash: str) -> None:
         def op(conn):
-            if conn.execute("SELECT 1 FROM users WHERE user_id=?", (user_id,)).fetchone():
+            # Case-insensitive: a database from before ids were lower-cased may hold 'Alice'.
+            if conn.execute("SELECT 1 FROM users WHERE lower(user_id)=lower(?)", (user_id,)).fetchone():
                 raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST /v1/users/{user_id}/token")
             conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (?, ?, ?)", (user_id, token_hash, _now()))
 
@@ -180,11 +254,11 @@ class SQLiteProfileStore(ProfileStore):
         self._write(op)
 
     def user_for_token_hash(self, token_hash: str) -> str | None:
-        row = self._conn().execute("SELECT user_id FROM users WHERE token_hash=?", (token_hash,)).fetchone()
+        row = self._query("SELECT user_id FROM users WHERE token_hash=?", (token_hash,))
         return row[0] if row else None
 
     def user_exists(self, user_id: str) -> bool:
-        return self._conn().execute("SELECT 1 FROM users WHERE user_id=?", (user_id,)).fetchone() is not None
+        return self._query("SELECT 1 FROM users WHERE user_id=?", (user_id,)) is not None
 
     def add_entries(self, user_id: str, task: str, entries: list[dict], max_entries: int) -> tuple[list[str], int]:
         def op(conn):
@@ -238,15 +312,30 @@ class SQLiteProfileStore(ProfileStore):
         return self._read(op)
 
     def version(self, user_id: str) -> int:
-        row = self._conn().execute("SELECT version FROM users WHERE user_id=?", (user_id,)).fetchone()
+        row = self._query("SELECT version FROM users WHERE user_id=?", (user_id,))
         if row is None:
             raise StoreError(404, f"no user '{user_id}'")
         return row[0]
 
     def check(self) -> str:
-        # quick_check: the cheap form of integrity_check, fit for a readiness probe.
-        rows = self._conn().execute("PRAGMA quick_check").fetchall()
-        return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows)
+        # quick_check: the cheap form of integrity_check (the server runs it at start-up, then every few seconds).
+        try:
+            rows = self._conn().execute("PRAGMA quick_check").fetchall()
+        except (sqlite3.Error, PrlmError) as err:
+            return f"{err}"
+        return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows)[:500]
+
+    def check_writable(self) -> str:
+        try:
+            self._write(lambda conn: conn.execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at=excluded.at",
+                (_now(),)))
+        except (StoreError, PrlmError, sqlite3.Error) as err:
+            return str(err)
+        return "ok"
+
+    def describe(self) -> str:
+        return f"'{self.path}'"
 
     def close(self) -> None:
         with self._lock:
@@ -254,3 +343,12 @@ class SQLiteProfileStore(ProfileStore):
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def open_store(db: str) -> ProfileStore:
+    """The store a `--db` value names: a postgresql:// URL for PostgreSQL, else a SQLite file."""
+    if db.startswith(("postgresql://", "postgres://")):
+        from prlm.serving.pgstore import PostgresProfileStore
+
+        return PostgresProfileStore(db)
+    return SQLiteProfileStore(db)
