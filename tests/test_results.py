@@ -79,7 +79,9 @@ def test_reward_model_rows_are_collected(tmp_path):
     (root / "reward-model").mkdir()
     row = {"data": "ds", "split": "dev", "pairs": "own-vs-other-user", "n": 3, "accuracy": 0.7, "lo": 0.5,
            "hi": 0.9, "command": "prlm rm eval"}
-    (root / "reward-model" / "a.json").write_text(json.dumps({"rows": [row]}))
+    (root / "reward-model" / "a.json").write_text(json.dumps([row]))
+    (root / "reward-model" / "a.train.json").write_text(json.dumps({"format": "prlm-reward-model"}))
+    (root / "reward-model" / "a.scores.json").write_text(json.dumps([{"kind": "preamble", "margin": 0.1}]))
     assert results_json(root, samples=10)["reward_model"] == [row]
 
 

@@ -188,12 +188,17 @@ def _selected_on(*summaries: dict) -> str:
     return "dev" if any(s["selected_on"] == "dev" for s in summaries) else "fixed in advance"
 
 
+RM_ROW_KEYS = {"data", "split", "pairs", "n", "accuracy", "lo", "hi"}
+
+
 def reward_model_rows(root: str | Path) -> list[dict]:
-    """Rows written by `prlm rm eval` under results/reward-model/ (a list, or {"rows": [...]})."""
+    """Accuracy rows written by `prlm rm eval --results` under results/reward-model/: the files that
+    hold a list of rows with RM_ROW_KEYS (the folder also keeps training records and per-pair scores)."""
     rows = []
     for path in sorted((Path(root) / REWARD_MODEL).glob("*.json")):
         content = json.loads(path.read_text(encoding="utf-8"))
-        rows += content["rows"] if isinstance(content, dict) else content
+        if isinstance(content, list) and content and all(RM_ROW_KEYS <= set(row) for row in content):
+            rows += content
     return rows
 
 
