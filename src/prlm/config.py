@@ -89,6 +89,8 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
     method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
     out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
     force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
+    predict_only: bool = opt(False, "Write predictions only (predictions.jsonl, lamp_predictions.json for a LaMP submission), no metrics: for a split whose gold outputs are withheld (LaMP's test set). Golds are neither needed nor scored.")
+    allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs file's `task` field, or the instruction the inputs start with).")
 
     def __post_init__(self):
         GenerationConfig.__post_init__(self)
