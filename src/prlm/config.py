@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,15 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise PrlmError(f"{name}='{value}' is not valid; use one of: {', '.join(map(str, choices))}")
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(name: str, value: str) -> None:
+    """A device string torch understands (checked here, before any model loads)."""
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise PrlmError(f"{name}='{value}' is not a device; use auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps")
+
+
 @dataclass
 class GenerationConfig:
     model: str = opt("smollm2-135m", "Policy model: 'smollm2-135m' (embedded), a local folder or a Hugging Face id.")
@@ -44,6 +54,7 @@ class GenerationConfig:
 
     def __post_init__(self):
         check_choice("backend", self.backend, ("auto", "hf", "vllm"))
+        check_device("device", self.device)
         for name in ("batch_size", "max_prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
