@@ -109,3 +109,13 @@ def test_lamp_cpu_recipe_validates_and_keeps_the_papers_choices(n):
                 "temperature", "max_prompt_tokens", "lora", "lora_r", "loss_type", "w_pers", "limit"):
         assert train[key] == PAPER[key], key
     assert stages["eval-prlm"].config["split"] == "dev"  # the test split is for the final submission only
+
+
+@pytest.mark.parametrize("name", ["accelerate-multi-gpu.yaml", "accelerate-zero2.yaml", "accelerate-zero3.yaml"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / name))
+    assert config.mixed_precision == "bf16" and not config.use_cpu
+    if "zero" in name:
+        assert config.deepspeed_config["zero_stage"] == int(name[len("accelerate-zero")])
