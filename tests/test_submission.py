@@ -144,6 +144,20 @@ def test_out_that_is_a_file_or_under_a_file_fails_before_the_model_loads(tmp_pat
     assert "is an existing file" in err and "cannot load model" not in err
 
 
+def test_train_inputs_are_checked_before_the_model_loads(tmp_path, capsys):
+    data = write_lamp(tmp_path / "data", split="train")
+    base = ["train", "--task", "LaMP-4", "--model", NO_MODEL, "--out", str(tmp_path / "run")]
+    assert main(base + ["--data", str(tmp_path / "nowhere"), "--w-pers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "cannot load model" not in err
+    assert main(base + ["--data", str(data), "--reward-model", str(tmp_path / "no-rm")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a checkpoint" in err and "cannot load model" not in err
+    assert main(["sft", "--task", "LaMP-4", "--model", NO_MODEL, "--out", str(tmp_path / "sft"),
+                 "--data", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_unwritable_out_is_refused(tmp_path, monkeypatch):
     # Tests may run as root, for whom every folder is writable: the permission is simulated.
     locked = tmp_path / "locked"

@@ -12,6 +12,15 @@ from prlm.config import EvalConfig, add_config_args, config_from_args, to_dict
 from prlm.io import check_output_dir
 
 
+def _check_inputs_before_loading(cfg) -> None:
+    """What a training command reads and writes, checked before its model loads
+    (loading and retrieval take minutes on real data; a typo should not)."""
+    from prlm.data.lamp import split_files
+
+    check_output_dir(cfg.out)
+    split_files(cfg.data, cfg.split)
+
+
 def _cmd_eval(args) -> None:
     from prlm.evaluation import summary_markdown
     from prlm.pipeline import run_eval
@@ -96,7 +105,10 @@ def _cmd_train(args) -> None:
     from prlm.training.grpo import train_grpo
 
     cfg = config_from_args(TrainConfig, args)
-    check_output_dir(cfg.out)
+    _check_inputs_before_loading(cfg)
+    if cfg.w_pers and not (Path(cfg.reward_model) / "prlm_rm_config.json").is_file():
+        raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
+                        "train one with `prlm rm train`, or pass --w-pers 0")
     final = train_grpo(cfg)
     print(f"trained policy saved to {final}/")
 
@@ -105,7 +117,7 @@ def _cmd_sft(args) -> None:
     from prlm.training.sft import SFTConfig, train_sft
 
     cfg = config_from_args(SFTConfig, args)
-    check_output_dir(cfg.out)
+    _check_inputs_before_loading(cfg)
     final = train_sft(cfg)
     print(f"tuned model saved to {final}/; evaluate it with `prlm eval --method rag --model {final}`")
 
