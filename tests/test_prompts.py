@@ -1,6 +1,6 @@
 import pytest
 
-from helpers import lamp4_questions
+from helpers import R1_DISTILL_TEMPLATE, lamp4_questions
 from prlm import PrlmError
 from prlm.data import get_task
 from prlm.prompts import build_prompt, count_tokens, parse_completion
@@ -99,3 +99,31 @@ PLAIN_CASES = [
 @pytest.mark.parametrize("completion,answer", PLAIN_CASES)
 def test_plain_extraction_table(completion, answer):
     assert parse_completion(completion, "rag", TASK).answer == answer
+
+
+@pytest.fixture
+def r1_tokenizer(policy_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(policy_tokenizer)
+    tok.chat_template = R1_DISTILL_TEMPLATE
+    return tok
+
+
+def test_template_that_opens_think_gets_no_second_one(r1_tokenizer, policy_tokenizer):
+    from prlm.prompts import render_chat
+
+    text = render_chat(r1_tokenizer, "Write a headline.", "<think>")
+    assert text.endswith("<｜Assistant｜><think>\n") and text.count("<think>") == 1
+    # A template that does not open it gets the pre-fill, once.
+    plain = render_chat(policy_tokenizer, "Write a headline.", "<think>")
+    assert plain.endswith("assistant\n<think>") and plain.count("<think>") == 1
+    prompt = build_prompt(TASK, "Generate a headline for the following article: Rain.",
+                          [{"id": "1", "title": "Storm", "text": "A storm came.", "date": "2020"}], "prlm",
+                          r1_tokenizer, 256)
+    assert prompt.text.endswith("<｜Assistant｜><think>\n") and prompt.prefill == "<think>"
+    assert prompt.text.count("<think>") == prompt.user.count("<think>") + 1  # the instruction's example + one
+    # The completion continues inside the reasoning the template opened.
+    parsed = parse_completion("The user is terse.</think>\n<answer>Rain falls</answer>", "prlm", TASK,
+                              prefill=prompt.prefill)
+    assert parsed.reasoning == "The user is terse." and parsed.answer == "Rain falls"

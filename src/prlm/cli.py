@@ -9,6 +9,16 @@ from pathlib import Path
 
 from prlm import PrlmError, __version__
 from prlm.config import EvalConfig, add_config_args, config_from_args, to_dict
+from prlm.io import check_output_dir
+
+
+def _check_inputs_before_loading(cfg) -> None:
+    """What a training command reads and writes, checked before its model loads
+    (loading and retrieval take minutes on real data; a typo should not)."""
+    from prlm.data.lamp import split_files
+
+    check_output_dir(cfg.out)
+    split_files(cfg.data, cfg.split)
 
 
 def _cmd_eval(args) -> None:
@@ -16,7 +26,12 @@ def _cmd_eval(args) -> None:
     from prlm.pipeline import run_eval
 
     cfg = config_from_args(EvalConfig, args)
+    check_output_dir(cfg.out)
     summary = run_eval(cfg)
+    if cfg.predict_only:
+        print(f"wrote {cfg.out}/lamp_predictions.json ({summary['n']} predictions, no golds read; task "
+              f"{summary['task']}) and predictions.jsonl in {summary['wall_time_s']} s")
+        return
     print(summary_markdown([summary]), end="")
     for note in summary["notes"]:
         print(note)
@@ -27,6 +42,10 @@ def _cmd_compare(args) -> None:
     from prlm.evaluation import compare_runs, load_run, summary_markdown
 
     summaries = [load_run(p)[0] for p in (args.run_a, args.run_b)]
+    unscored = [p for p, s in zip((args.run_a, args.run_b), summaries) if not s.get("metrics")]
+    if unscored:
+        raise PrlmError(f"run '{unscored[0]}' has no metrics (made with --predict-only, without golds); "
+                        "compare runs evaluated against gold outputs")
     print(summary_markdown(summaries), end="")
     print(f"paired bootstrap, {args.samples} resamples, B = {args.run_b} minus A = {args.run_a}:")
     for result in compare_runs(args.run_a, args.run_b, samples=args.samples, seed=args.seed):
@@ -37,6 +56,7 @@ def _cmd_data_synth(args) -> None:
     from prlm.data.synthetic import SyntheticConfig, write_synthetic
 
     cfg = config_from_args(SyntheticConfig, args)
+    check_output_dir(args.out)
     write_synthetic(args.out, **to_dict(cfg))
     print(f"wrote the synthetic task to {args.out}/ (train, dev, test in LaMP's layout, meta.json)")
 
@@ -44,7 +64,9 @@ def _cmd_data_synth(args) -> None:
 def _cmd_data_from_git(args) -> None:
     from prlm.data.from_git import FromGitConfig, dataset_from_git
 
-    counts = dataset_from_git(args.repo, args.out, config_from_args(FromGitConfig, args))
+    cfg = config_from_args(FromGitConfig, args)
+    check_output_dir(args.out, "out")
+    counts = dataset_from_git(args.repo, args.out, cfg)
     print(f"wrote a commit-subject dataset to {args.out}/: " + ", ".join(f"{s} {n}" for s, n in counts.items())
           + f" questions; check it with `prlm data check {args.out} --task commit-subject`")
 
@@ -62,7 +84,8 @@ def _cmd_data_check(args) -> None:
             if args.split != "all":
                 raise
             continue
-        stats = split_stats(load_split(args.dir, split, args.task, allow_empty_profiles=args.allow_empty_profiles))
+        stats = split_stats(load_split(args.dir, split, args.task, allow_empty_profiles=args.allow_empty_profiles,
+                                       allow_task_mismatch=args.allow_task_mismatch))
         print(json.dumps(stats))
         found += 1
     if not found:
@@ -81,14 +104,21 @@ def _cmd_train(args) -> None:
     from prlm.training.config import TrainConfig
     from prlm.training.grpo import train_grpo
 
-    final = train_grpo(config_from_args(TrainConfig, args))
+    cfg = config_from_args(TrainConfig, args)
+    _check_inputs_before_loading(cfg)
+    if cfg.w_pers and not (Path(cfg.reward_model) / "prlm_rm_config.json").is_file():
+        raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
+                        "train one with `prlm rm train`, or pass --w-pers 0")
+    final = train_grpo(cfg)
     print(f"trained policy saved to {final}/")
 
 
 def _cmd_sft(args) -> None:
     from prlm.training.sft import SFTConfig, train_sft
 
-    final = train_sft(config_from_args(SFTConfig, args))
+    cfg = config_from_args(SFTConfig, args)
+    _check_inputs_before_loading(cfg)
+    final = train_sft(cfg)
     print(f"tuned model saved to {final}/; evaluate it with `prlm eval --method rag --model {final}`")
 
 
@@ -98,6 +128,7 @@ def _cmd_sweep(args) -> None:
     import shlex
 
     cfg = load_sweep_config(args.config, args.set)
+    check_output_dir(cfg.out, "out")
     words = ["prlm", "sweep", args.config] + [w for item in args.set for w in ("--set", item)]
     words += (["--report-only"] if args.report_only else []) + (["--into", args.into] if args.into else [])
     status = run_sweep(cfg, report_only=args.report_only, into=args.into, command=shlex.join(words))
@@ -111,6 +142,7 @@ def _cmd_run(args) -> None:
     import shlex
 
     cfg = load_study_config(args.config, args.set)
+    check_output_dir(cfg.out, "out")
     words = ["prlm", "run", args.config] + [w for item in args.set for w in ("--set", item)]
     status = run_study(cfg, final=args.final, command=shlex.join(words + (["--final"] if args.final else [])),
                        recipe=args.config)
@@ -158,6 +190,16 @@ def _cmd_serve(args) -> None:
     serve(config_from_args(ServeConfig, args))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prlm", description="Personalized RAG with explicit reasoning (PrLM).")
     parser.add_argument("--version", action="version", version=f"prlm {__version__}")
@@ -170,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="paired bootstrap between two run folders (B minus A)")
     p.add_argument("run_a", help="run folder A (the baseline)")
     p.add_argument("run_b", help="run folder B")
-    p.add_argument("--samples", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    p.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap resamples (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.set_defaults(func=_cmd_compare)
 
@@ -190,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="LaMP-4", help="task name from the task table (default: LaMP-4)")
     p.add_argument("--split", default="all", help="train, dev, test or all (default: all found)")
     p.add_argument("--allow-empty-profiles", action="store_true", help="accept questions with an empty profile")
+    p.add_argument("--allow-task-mismatch", action="store_true",
+                   help="accept data whose outputs file or input instruction names another task")
     p.set_defaults(func=_cmd_data_check)
     p = data.add_parser("from-git", help="build a commit-subject dataset (LaMP's schema, time-based split, "
                                          "anonymised authors) from a local git repository")

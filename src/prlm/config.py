@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,15 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise PrlmError(f"{name}='{value}' is not valid; use one of: {', '.join(map(str, choices))}")
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(name: str, value: str) -> None:
+    """A device string torch understands (checked here, before any model loads)."""
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise PrlmError(f"{name}='{value}' is not a device; use auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps")
+
+
 @dataclass
 class GenerationConfig:
     model: str = opt("smollm2-135m", "Policy model: 'smollm2-135m' (embedded), a local folder or a Hugging Face id.")
@@ -44,6 +54,7 @@ class GenerationConfig:
 
     def __post_init__(self):
         check_choice("backend", self.backend, ("auto", "hf", "vllm"))
+        check_device("device", self.device)
         for name in ("batch_size", "max_prompt_tokens", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -89,6 +100,8 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
     method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
     out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
     force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
+    predict_only: bool = opt(False, "Write predictions only (predictions.jsonl, lamp_predictions.json for a LaMP submission), no metrics: for a split whose gold outputs are withheld (LaMP's test set). Golds are neither needed nor scored.")
+    allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs file's `task` field, or the instruction the inputs start with).")
 
     def __post_init__(self):
         GenerationConfig.__post_init__(self)

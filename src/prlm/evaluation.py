@@ -127,11 +127,16 @@ def environment() -> dict:
 
 
 def write_run(out: str | Path, rows: list[dict], summary: dict, task_name: str) -> None:
-    """predictions.jsonl (per example), lamp_predictions.json (LaMP's format), summary.json, summary.md."""
+    """predictions.jsonl (per example), lamp_predictions.json (LaMP's format, with LaMP's
+    task name `LaMP_4`, which its `evaluate_task` asserts), summary.json, summary.md."""
+    from prlm.data.tasks import LAMP_NAMES, known_task_name
+
     out = Path(out)
     atomic_write_jsonl(out / "predictions.jsonl", rows)
+    name = known_task_name(task_name) or task_name
     atomic_write_json(out / "lamp_predictions.json",
-                      {"task": task_name, "golds": [{"id": r["id"], "output": r["answer"]} for r in rows]})
+                      {"task": LAMP_NAMES.get(name, name),
+                       "golds": [{"id": r["id"], "output": r["answer"]} for r in rows]})
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", summary_markdown([summary]))
 

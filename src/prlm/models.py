@@ -232,10 +232,10 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _unreachable(name: str) -> PrlmError:
+def _unreachable(name: str, reason: str = "") -> PrlmError:
     return PrlmError(
         f"cannot load model '{name}': it is not a local folder, not in the Hugging Face "
-        f"cache, and the hub is unreachable (offline?). Download it where there is "
+        f"cache, and the hub is unreachable ({reason or 'offline?'}). Download it where there is "
         f"internet (huggingface-cli download {name}) or pass a local path."
     )
 
@@ -244,6 +244,52 @@ def _bad_local(name: str, path: str, err: BaseException) -> PrlmError:
     msg = " ".join(str(err).split()) or type(err).__name__
     where = path if path == name else f"{path} (for '{name}')"
     return PrlmError(f"cannot load model from folder {where}: {msg}")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id: the loader says why
+        return True
+
+
+def _offline() -> bool:
+    import huggingface_hub
+
+    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return huggingface_hub.is_offline_mode() or flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+_PROBE_TIMEOUT_S = 10.0
+
+
+def _hub_problem(repo_id: str) -> str | None:
+    """Why the hub cannot be reached (None when it answers), asked once without
+    retries: the loaders' download path retries an unreachable hub with back-off
+    (76 s for an encoder id before its error)."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        model_info(repo_id, timeout=_PROBE_TIMEOUT_S)
+    except (HfHubHTTPError, HFValidationError):
+        return None  # the hub answered (not found, gated...) or the id is malformed: the loader says which
+    except Exception as err:  # noqa: BLE001 - the HTTP client's transport errors; their package varies
+        return " ".join(str(err).split()) or type(err).__name__  # with huggingface_hub's version: reported
+    return None
+
+
+def _require_fetchable(name: str, path: str) -> None:
+    """Fail at once when `path` is a hub id that is neither cached nor downloadable."""
+    if _is_local(path) or _in_hub_cache(path):
+        return
+    if _offline():
+        raise _unreachable(name, "HF_HUB_OFFLINE is set") from None
+    problem = _hub_problem(path)
+    if problem is not None:
+        raise _unreachable(name, problem) from None
 
 
 def _call_loader(name: str, path: str, fn):
@@ -273,9 +319,10 @@ def _torch_dtype(dtype):
 
 def load_tokenizer(name: str):
     """Tokenizer for a policy name: left padding, pad token = eos when missing."""
+    path = resolve_policy_path(name)
+    _require_fetchable(name, path)
     from transformers import AutoTokenizer
 
-    path = resolve_policy_path(name)
     tok = _call_loader(name, path, lambda: AutoTokenizer.from_pretrained(path))
     _fix_tokenizer(tok)
     return tok
@@ -283,9 +330,10 @@ def load_tokenizer(name: str):
 
 def load_policy(name: str, device: str = "cpu", dtype="float32"):
     """``(model, tokenizer)`` for a policy name; model in eval mode on ``device``."""
+    path = resolve_policy_path(name)
+    _require_fetchable(name, path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_policy_path(name)
     torch_dtype = _torch_dtype(dtype)
     tok = _call_loader(name, path, lambda: AutoTokenizer.from_pretrained(path))
     _fix_tokenizer(tok)
@@ -302,7 +350,8 @@ def load_policy(name: str, device: str = "cpu", dtype="float32"):
 
 def load_encoder(name: str, device: str = "cpu"):
     """A ``sentence_transformers.SentenceTransformer`` for an encoder name."""
+    path = resolve_encoder_path(name)
+    _require_fetchable(name, path)  # before the import: the error comes at once
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_encoder_path(name)
     return _call_loader(name, path, lambda: SentenceTransformer(path, device=device))

@@ -12,6 +12,7 @@ from prlm.config import EvalConfig
 from prlm.data import get_task, load_split
 from prlm.evaluation import environment, meteor_status, score_predictions, write_run
 from prlm.generation import SamplingParams, make_generator
+from prlm.io import check_output_dir
 from prlm.prompts import build_prompt, first_answer_start, parse_completion
 from prlm.retrieval import DenseRetriever, make_retriever
 from prlm.reward.format import has_reasoning_format
@@ -24,9 +25,14 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     `retriever` to reuse retrievals computed once (e.g. `RankedRetriever`).
     """
     started = time.time()
+    check_output_dir(cfg.out)  # before any model loads: a bad --out would otherwise fail after generation
     task = get_task(cfg.task)
     dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None,
-                         allow_empty_profiles=cfg.allow_empty_profiles, require_golds=True)
+                         allow_empty_profiles=cfg.allow_empty_profiles, require_golds=not cfg.predict_only,
+                         allow_task_mismatch=cfg.allow_task_mismatch)
+    if cfg.predict_only:
+        for ex in dataset.examples:
+            ex.gold = None  # a submission never looks at golds, even when the folder has them
     if not dataset.examples:
         raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
     if retriever is None:
@@ -53,8 +59,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         forced = {i for i, result in enumerate(parsed) if not result.answer}
         completions = force_answers(generator, prompts, completions, sorted(forced), cfg, progress)
         parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
-    per_example, means = score_predictions({ex.id: r.answer for ex, r in zip(dataset.examples, parsed)},
-                                           {ex.id: ex.gold for ex in dataset.examples})
+    per_example, means = ({ex.id: {} for ex in dataset.examples}, {}) if cfg.predict_only else score_predictions(
+        {ex.id: r.answer for ex, r in zip(dataset.examples, parsed)}, {ex.id: ex.gold for ex in dataset.examples})
     rows = []
     for index, (ex, hits, prompt, completion, result) in enumerate(
             zip(dataset.examples, retrieved, prompts, completions, parsed)):
@@ -71,6 +77,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         "task": task.name,
         "data": str(cfg.data),
         "split": cfg.split,
+        "predict_only": cfg.predict_only,
         "n": len(rows),
         "metrics": means,
         "empty_answers": sum(not r["answer"] for r in rows),
@@ -128,7 +135,9 @@ def rescore_run(path: str | Path) -> dict:
     for row in rows:
         parsed = parse_completion(row["completion"], method, task, prefill=prefill)
         row["reasoning"], row["answer"] = parsed.reasoning, parsed.answer
-    per_example, means = score_predictions({r["id"]: r["answer"] for r in rows}, {r["id"]: r["gold"] for r in rows})
+    # A predict-only run has no golds: its answers are re-extracted, nothing is scored.
+    per_example, means = ({r["id"]: {} for r in rows}, {}) if summary.get("predict_only") else score_predictions(
+        {r["id"]: r["answer"] for r in rows}, {r["id"]: r["gold"] for r in rows})
     for row in rows:
         row["metrics"] = per_example[row["id"]]
     summary["metrics"], summary["empty_answers"] = means, sum(not r["answer"] for r in rows)

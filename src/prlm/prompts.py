@@ -68,13 +68,20 @@ def prefill_for(style: str) -> str:
 
 
 def render_chat(tokenizer, user: str, prefill: str) -> str:
-    """Apply the tokenizer's chat template (when it has one) and append the pre-fill."""
+    """Apply the tokenizer's chat template (when it has one) and append the pre-fill.
+
+    Reasoning models' templates may open the reply themselves: DeepSeek-R1-Distill's
+    generation prompt ends with `<think>\n`. The pre-fill is then already there and
+    is not written a second time (`<think>\n<think>` would teach the model a
+    format it was never trained on)."""
     if getattr(tokenizer, "chat_template", None):
         head = tokenizer.apply_chat_template(
             [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
         )
     else:
         head = f"{user}\n"
+    if prefill and head.rstrip().lower().endswith(prefill.strip().lower()):
+        return head
     return head + prefill
 
 

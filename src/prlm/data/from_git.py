@@ -3,9 +3,12 @@ local git repository, built by the rules of `../shared/data/git-commit-subject`.
 
 - Non-merge commits of `rev`, in author-time order; a commit is one profile
   entry `{id, text (body), title (subject), date}`.
-- Bodies lose their trailers (Signed-off-by:, Reviewed-by:, ...) and are cut
-  at `max_chars`; commits whose body is then empty are left out (there is
-  nothing to write a subject for).
+- Bodies lose their closing trailer block (Signed-off-by:, Reviewed-by:, ...)
+  and, wherever it sits in the body, every line whose key names a person
+  (`person_trailers`: `Suggested-by: Max Dymond` in a block that also holds
+  `Closes #123`) or that carries an e-mail address in `Key: value` form; then
+  they are cut at `max_chars`. Commits whose body is then empty are left out
+  (there is nothing to write a subject for).
 - Authors (by mailmap-resolved e-mail) are anonymised as u0000, u0001, ...,
   numbered by their first commit, so the same history always gives the same ids.
 - Time-based split per author: the last commit is the test question, the
@@ -13,11 +16,14 @@ local git repository, built by the rules of `../shared/data/git-commit-subject`.
   questions; every question's profile holds up to `max_profile` of the
   author's earlier commits, newest first.
 - No answer sits in its own profile: an earlier commit with the same subject
-  (a re-applied or cherry-picked commit) is removed from the profile.
+  (a re-applied or cherry-picked commit) is removed from the profile. A
+  question whose profile then holds fewer than `min_profile` entries is left
+  out (so `prlm data check` accepts every dataset written here).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import subprocess
 from collections import defaultdict
@@ -33,6 +39,11 @@ FIELD, RECORD = "\x1f", "\x1e"
 LOG_FORMAT = f"%H{FIELD}%aE{FIELD}%at{FIELD}%s{FIELD}%b{RECORD}"
 TRAILER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*:\s+\S")
 CHERRY_PICK = re.compile(r"^\(cherry picked from commit [0-9a-f]+\)$")
+# A `Key: value` line anywhere in a body (indented or not), the key captured.
+TRAILER_LINE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9 _-]{0,40}?)\s*:\s*\S")
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+PERSON_TRAILERS = ("*-by,*-to,Co-authored-by,Signed-off-by,Cc,Author,Authors,Thanks,Credit,Credits,"
+                   "Contributed-by,Patch-by,Reported-and-tested-by")
 
 
 @dataclass
@@ -42,6 +53,7 @@ class FromGitConfig:
     min_profile: int = opt(3, "Earlier commits a question needs in its profile; authors with too few commits are left out.")
     max_profile: int = opt(48, "Profile entries kept per question (the newest earlier commits).")
     max_chars: int = opt(1200, "Characters kept of a body (input and profile text).")
+    person_trailers: str = opt(PERSON_TRAILERS, "Comma-separated trailer keys whose lines name people; such lines are removed wherever they sit in a body (case-insensitive; * matches any text, so *-by covers Reported-by, Suggested-by, Helped-by...). Any `Key: value` line holding an e-mail address is removed too.")
 
     def __post_init__(self):
         if self.train_per_author < 0:
@@ -52,6 +64,12 @@ class FromGitConfig:
             raise PrlmError(f"max_profile ({self.max_profile}) must be >= min_profile ({self.min_profile})")
         if self.max_chars < 1:
             raise PrlmError(f"max_chars must be at least 1, got {self.max_chars}")
+        if not self.person_keys:
+            raise PrlmError("person_trailers must name at least one key, e.g. '*-by,Cc'")
+
+    @property
+    def person_keys(self) -> list[str]:
+        return [key.strip().lower() for key in self.person_trailers.split(",") if key.strip()]
 
 
 @dataclass
@@ -79,6 +97,27 @@ def strip_trailers(body: str) -> str:
         else:
             break
     return "\n\n".join(paragraphs).strip()
+
+
+def scrub_people(body: str, person_keys: list[str]) -> str:
+    """The body without the lines that name contributors: trailer-like lines whose
+    key matches `person_keys` (fnmatch patterns, lower case) and `Key: value` lines
+    carrying an e-mail address, wherever they sit (authors are anonymised, the
+    people they credit must be too)."""
+    kept = []
+    for line in body.splitlines():
+        match = TRAILER_LINE.match(line)
+        if match:
+            key = match.group(1).strip().lower()
+            if any(fnmatch.fnmatchcase(key, pattern) for pattern in person_keys) or EMAIL.search(line):
+                continue
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def clean_body(body: str, cfg: "FromGitConfig") -> str:
+    """Closing trailers and contributor lines removed, cut at `max_chars`."""
+    return strip_trailers(scrub_people(strip_trailers(body), cfg.person_keys))[:cfg.max_chars].strip()
 
 
 def read_commits(repo: str | Path, rev: str = "HEAD") -> list[Commit]:
@@ -115,7 +154,7 @@ def build_splits(commits: list[Commit], cfg: FromGitConfig) -> dict[str, list[di
     prefix = get_task(TASK_NAME).input_prefix
     by_author: dict[str, list[Commit]] = defaultdict(list)
     for commit in commits:
-        body = strip_trailers(commit.body)[:cfg.max_chars].strip()
+        body = clean_body(commit.body, cfg)
         if body and commit.subject:
             by_author[commit.author].append(Commit(commit.hash, commit.author, commit.time, commit.subject, body))
     splits: dict[str, list[dict]] = {"train": [], "dev": [], "test": []}
@@ -127,17 +166,23 @@ def build_splits(commits: list[Commit], cfg: FromGitConfig) -> dict[str, list[di
         first = cfg.min_profile if cfg.train_per_author == 0 else len(history) - 2 - cfg.train_per_author
         if first < cfg.min_profile:
             continue  # too few commits for a profile before every question
-        user = f"u{number:04d}"
-        number += 1
+        questions = []
         for index in range(first, len(history)):
             split = "test" if index == len(history) - 1 else "dev" if index == len(history) - 2 else "train"
             question = history[index]
             earlier = [c for c in history[:index] if _normalise(c.subject) != _normalise(question.subject)]
+            if len(earlier) < cfg.min_profile:
+                continue  # re-applied commits removed, the profile is too short: the question goes
             profile = [{"id": c.hash[:12], "text": c.body, "title": c.subject, "date": c.date}
                        for c in reversed(earlier[-cfg.max_profile:])]
-            splits[split].append({"id": f"{split}-{question.hash[:12]}", "user_id": user,
-                                  "input": prefix + question.body, "profile": profile,
-                                  "output": question.subject})
+            questions.append((split, {"id": f"{split}-{question.hash[:12]}", "input": prefix + question.body,
+                                      "profile": profile, "output": question.subject}))
+        if not questions:
+            continue  # an author without any question takes no user number
+        user = f"u{number:04d}"
+        number += 1
+        for split, row in questions:
+            splits[split].append({**row, "user_id": user})
     return splits
 
 

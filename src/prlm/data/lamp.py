@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.data.tasks import Task, get_task
+from prlm.data.tasks import TASKS, Task, get_task, known_task_name
 from prlm.io import atomic_write_json
 
 SPLITS = ("train", "dev", "test")
@@ -174,6 +174,43 @@ def _check_same_ids(questions_path: Path, outputs_path: Path, qids: list[str], g
         raise PrlmError(f"{questions_path} and {outputs_path}: ids differ: " + "; ".join(parts))
 
 
+def _prefix_evidence(task: Task, inputs: list[str]) -> tuple[str, str] | None:
+    """(other task, evidence) when most inputs start with another task's instruction
+    and not with `task`'s; None when the inputs do not point elsewhere (custom
+    data without any known instruction is fine)."""
+    if not inputs:
+        return None
+    own = sum(text.startswith(task.input_prefix) for text in inputs)
+    if own * 2 >= len(inputs):
+        return None
+    for other in TASKS.values():
+        if other.input_prefix == task.input_prefix:
+            continue
+        hits = sum(text.startswith(other.input_prefix) for text in inputs)
+        if hits * 2 > len(inputs):
+            return other.name, (f"{hits} of {len(inputs)} inputs start with '{other.input_prefix.strip()}' "
+                                f"(task {other.name}'s instruction), {own} with {task.name}'s "
+                                f"'{task.input_prefix.strip()}'")
+    return None
+
+
+def check_task(task: Task, inputs: list[str], declared: object, questions_path: Path, outputs_path: Path) -> None:
+    """Refuse data that say they belong to another task: the outputs file's `task`
+    field, or the instruction most inputs start with. A wrong `--task` otherwise
+    runs silently with the wrong prompt (a tweet prompt on commit messages)."""
+    declared_name = known_task_name(declared)
+    if declared_name is not None and declared_name != task.name:
+        other, evidence = declared_name, f"{outputs_path} says \"task\": \"{declared}\""
+        where = outputs_path
+    else:
+        found = _prefix_evidence(task, inputs)
+        if found is None:
+            return
+        (other, evidence), where = found, questions_path
+    raise PrlmError(f"{where}: the data belong to task {other}, not {task.name}: {evidence}. "
+                    f"Pass --task {other}, or --allow-task-mismatch to use them as {task.name} anyway")
+
+
 def load_split(
     data_dir: str | Path,
     split: str,
@@ -182,18 +219,26 @@ def load_split(
     allow_empty_profiles: bool = False,
     max_profile_entries: int = MAX_PROFILE_ENTRIES,
     require_golds: bool = False,
+    allow_task_mismatch: bool = False,
 ) -> Dataset:
-    """Load and validate one split. Golds are attached when the outputs file exists."""
+    """Load and validate one split. Golds are attached when the outputs file exists.
+
+    Unless `allow_task_mismatch`, data whose outputs file or input instruction
+    names another task are refused (see `check_task`)."""
     task = get_task(task) if isinstance(task, str) else task
     questions_path, outputs_path = split_files(data_dir, split)
     examples = parse_questions(questions_path, task, allow_empty_profiles, max_profile_entries)
+    declared = None
     if outputs_path.is_file():
-        _, golds = parse_outputs(outputs_path)
+        declared, golds = parse_outputs(outputs_path)
         _check_same_ids(questions_path, outputs_path, [ex.id for ex in examples], golds)
         for ex in examples:
             ex.gold = golds[ex.id]
     elif require_golds:
-        raise PrlmError(f"{outputs_path}: not found; evaluation needs the gold outputs of split '{split}'")
+        raise PrlmError(f"{outputs_path}: not found; evaluation needs the gold outputs of split '{split}' "
+                        "(`prlm eval --predict-only` writes predictions without golds, e.g. a LaMP test submission)")
+    if not allow_task_mismatch:
+        check_task(task, [ex.input for ex in examples], declared, questions_path, outputs_path)
     if limit is not None:
         examples = examples[:limit]
     return Dataset(task=task, split=split, examples=examples, source=str(questions_path))

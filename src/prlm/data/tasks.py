@@ -92,6 +92,24 @@ TASKS: dict[str, Task] = {
 
 # LaMP's own names for the same tasks, as found in outputs files ("task": "LaMP_4").
 ALIASES = {"LaMP_4": "LaMP-4", "LaMP_5": "LaMP-5", "LaMP_7": "LaMP-7"}
+# ...and the other way: LaMP's evaluator (`evaluate_task`) asserts the outputs
+# file's task equals "LaMP_4" etc., so submissions must carry these names.
+LAMP_NAMES = {name: alias for alias, name in ALIASES.items()}
+
+
+def submission_name(task: Task | str) -> str:
+    """The task name written into prediction files: LaMP's own (`LaMP_4`) for
+    LaMP tasks, so that LaMP's evaluator accepts them; the table's name otherwise."""
+    name = task.name if isinstance(task, Task) else get_task(task).name
+    return LAMP_NAMES.get(name, name)
+
+
+def known_task_name(name: object) -> str | None:
+    """The table's name for `name` (an outputs file's `task` field), None when it names no known task."""
+    if not isinstance(name, str):
+        return None
+    name = ALIASES.get(name, name)
+    return name if name in TASKS else None
 
 
 def get_task(name: str) -> Task:
