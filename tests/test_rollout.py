@@ -49,3 +49,16 @@ def test_top_p_keeps_the_smallest_set_over_p():
     kept = torch.isfinite(_filter_logits(logits, top_k=0, top_p=0.7))
     assert kept.tolist() == [[True, True, False, False]]
     assert torch.isfinite(_filter_logits(logits, top_k=1, top_p=1.0)).sum() == 1
+
+
+def test_a_stop_string_ends_each_completion_right_after_it(tiny_llama_dir):
+    model, tok = load_policy(tiny_llama_dir)
+    greedy = dict(temperature=1e-6, eos_token_ids=(-1,))
+    _, full, full_logps = sample_shared_prefix(model, tok, PROMPTS, [1, 1], 10, **greedy)
+    stop = tok.decode(full[0][3:5])  # a two-token piece of the first completion
+    _, cut, cut_logps = sample_shared_prefix(model, tok, PROMPTS, [1, 1], 10, stop_strings=(stop,), **greedy)
+    for whole, short, whole_logps, short_logps in zip(full, cut, full_logps, cut_logps):
+        ends = [i + 1 for i in range(len(whole)) if stop in tok.decode(whole[:i + 1])]
+        assert short == whole[:ends[0] if ends else len(whole)]
+        assert short_logps == whole_logps[:len(short)]
+    assert len(cut[0]) < len(full[0]) == 10  # the stop string ended it mid-budget

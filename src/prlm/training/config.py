@@ -62,6 +62,7 @@ class TrainConfig(ProfileDataConfig):
     use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
     bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
     rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once for its whole group; faster) or 'trl' (TRL's own generate).")
+    stop_at_answer: bool = opt(True, "End each shared-prefix rollout right after `</answer>`, as evaluation does: no decoding step is spent on text the rewards never read (rollout 'trl' and vLLM run to EOS).")
     prefix_sharing: str = opt("auto", "Log-prob passes that run each group's prompt once and score only completion tokens (same objective as TRL's, tested): 'auto' = on the CPU only (3x faster there; on a GPU at this size the extra pass costs more than it saves, measured in docs/gpu/benchmarks-grpo-h100.md), 'on', 'off' (TRL's own pass). Several processes, DeepSpeed or activation checkpointing always use TRL's pass.")
     use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
