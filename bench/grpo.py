@@ -6,8 +6,10 @@ lengths, beta and seed, on the CPU real-data recipe's prompts
 Each side trains in its own subprocess so that its peak RSS is its own; the
 first step of each side is a warm-up and is not timed. With the same seed both
 sides sample the same tokens (both draw with torch.multinomial from the same
-probabilities), so they do the same work; the mean completion length is
-recorded to show it. A second, in-process profile times the two parts of a
+probabilities), so they do the same work, except that prlm's rollout ends a
+completion right after `</answer>` (stop_at_answer, as evaluation does) where
+TRL's runs on to EOS; the mean completion length is recorded to show it.
+Both prompts' groups decode as one batch on both sides. A second, in-process profile times the two parts of a
 step that prlm replaces: the rollout and the policy's forward + backward.
 
 One side alone: python -m bench.grpo --side prlm --steps 3
