@@ -90,6 +90,8 @@ class TrainConfig(ProfileDataConfig):
         if self.grpo_questions == "unseen" and not (self.sft_steps or self.warmup_from):
             raise PrlmError("grpo_questions 'unseen' needs a warm-up (sft_steps > 0 or warmup_from); "
                             "without one every question is unseen: use --grpo-questions all")
+        if self.grpo_questions == "unseen" and self.warmup_from:
+            self._check_warmup_share_of(Path(self.warmup_from).parent / "train_config.json")
         if self.dev_eval_steps < 0:
             raise PrlmError(f"dev_eval_steps must be >= 0 (0 = off), got {self.dev_eval_steps}")
         if self.dev_eval_limit < 0 or self.dev_eval_batch_size < 1:
@@ -117,6 +119,19 @@ class TrainConfig(ProfileDataConfig):
             raise PrlmError("reward weights must be >= 0")
         if self.temperature <= 0:
             raise PrlmError("temperature must be > 0: GRPO needs diverse samples within a group")
+
+    def _check_warmup_share_of(self, earlier_config: Path) -> None:
+        """'unseen' means unseen by *that* warm-up: its run must have split the questions the same way."""
+        import json
+
+        if not earlier_config.is_file():
+            raise PrlmError(f"grpo_questions 'unseen' with warmup_from needs the warm-up run's {earlier_config} "
+                            "to know which questions it trained on; use --grpo-questions all, or a run folder's sft-model")
+        earlier = json.loads(earlier_config.read_text())
+        if earlier.get("warmup_share", 1.0) != self.warmup_share:
+            raise PrlmError(f"the warm-up in {self.warmup_from} trained on warmup_share "
+                            f"{earlier.get('warmup_share', 1.0)}, not {self.warmup_share}: pass "
+                            f"--warmup-share {earlier.get('warmup_share', 1.0)} so 'unseen' means unseen by it")
 
     @property
     def metric_list(self) -> list[str]:
