@@ -143,3 +143,39 @@ def top_functions(profile_stats, n: int = 8) -> list[dict]:
         out.append({"function": name, "calls": calls, "own_s": round(own, 4),
                     "cumulative_s": round(cumulative, 4), "own_share": round(own / total, 3)})
     return out
+
+
+# --- the machine's limits: what a step could cost at best ------------------------------------------------------
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 matrix-multiply throughput (GFLOP/s) of square `size` matrices at torch's thread setting:
+    the ceiling of compute-bound work (prefill, forward + backward)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # first call: allocation and kernel choice, not timed
+    times, _ = time_runs(lambda: a @ b, repeats)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def weight_stream_gbs(megabytes: int = 540, repeats: int = 5) -> float:
+    """GB/s of a matrix-vector product over `megabytes` of fp32 weights (the policy's size by default):
+    the ceiling of a decoding step, which reads every weight once to produce one token per row."""
+    import torch
+
+    hidden = 576  # SmolLM2-135M's width
+    weights = torch.randn(megabytes * 2**20 // (4 * hidden), hidden)
+    vector = torch.randn(hidden, 1)
+    weights @ vector
+    times, _ = time_runs(lambda: weights @ vector, repeats)
+    return weights.numel() * 4 / statistics.median(times) / 1e9
+
+
+def policy_shape(model) -> dict:
+    """Parameter counts and bytes that the per-step bounds need."""
+    head = model.get_output_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
+    embedding = model.get_input_embeddings().weight
+    body = total - embedding.numel() - (0 if head is embedding else head.numel())
+    return {"params": total, "body_params": body, "head_params": head.numel(),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}

@@ -11,6 +11,46 @@ from prlm.training.grpo import grpo_args
 from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer, prefix_shared_logps
 
 
+PROMPTS = ["a much longer prompt with many more words than the other ones", "a short prompt",
+           "a prompt of middling length"]  # input order differs from torch.unique's (sorted) order
+
+
+def make_peaked_llama(folder, tok) -> str:
+    """A tiny llama whose outputs depend visibly on what it attends to and where; saved in `folder`.
+
+    The random tiny model's next-token distributions are near-uniform and its
+    attention near-flat, so a dropped mask, positions off by one or another
+    group's prompt move its entropies less than any tolerance (1e-4 at most,
+    measured). Here the LM head is scaled up (peaked distributions) and the
+    query/key projections too (attention that discriminates, so RoPE
+    positions matter): the same defects move log-probs and entropies by 0.7
+    or more.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def peaked_llama_dir(tmp_path_factory, policy_tokenizer):
+    return make_peaked_llama(tmp_path_factory.mktemp("peaked_llama"), policy_tokenizer)
+
+
 def _batch(tok, prompts, completions_per_prompt, completion_len):
     """Left-padded prompts repeated per group + right-padded completions, as TRL lays them out."""
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -24,15 +64,19 @@ def _batch(tok, prompts, completions_per_prompt, completion_len):
     return torch.cat([rows, completions], 1), torch.cat([prompt_mask, completion_mask], 1)
 
 
+def _grad_close(shared, stock) -> bool:
+    """Equal up to float32 rounding at the gradient's own scale (the peaked model's run into the hundreds)."""
+    return torch.allclose(shared, stock, atol=1e-5 * max(1.0, stock.abs().max().item()), rtol=1e-4)
+
+
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_logps_entropies_and_grads_equal_full_rows(tiny_llama_dir):
-    model, tok = load_policy(tiny_llama_dir)
+def test_logps_entropies_and_grads_equal_full_rows(peaked_llama_dir):
+    model, tok = load_policy(peaked_llama_dir)
     add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
-    prompts = ["a short prompt", "a much longer prompt with many more words than the other one"]
-    input_ids, mask = _batch(tok, prompts, 3, 6)
+    input_ids, mask = _batch(tok, PROMPTS, 3, 6)
     weights = torch.randn(input_ids.size(0), 6, generator=torch.Generator().manual_seed(1))
 
     labels = input_ids.masked_fill(mask == 0, -100)
@@ -47,12 +91,14 @@ def test_logps_entropies_and_grads_equal_full_rows(tiny_llama_dir):
     (logps * weights).sum().backward()
     shared_grads = _grads(model)
 
-    assert torch.allclose(logps, stock_logps, atol=1e-5)
-    assert torch.allclose(entropy, stock_entropy, atol=1e-5)
+    # The model is peaked enough for the check to bite: its distributions are far from uniform.
+    assert stock_entropy[mask[:, -6:].bool()].mean() < 0.5 * torch.log(torch.tensor(float(len(tok))))
+    assert torch.allclose(logps, stock_logps, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(entropy, stock_entropy, atol=1e-4, rtol=1e-5)
     assert (logps[1, 3:] == 0).all()  # masked completion positions stay zero, as TRL's
     assert stock_grads.keys() == shared_grads.keys()
     for name, grad in stock_grads.items():
-        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+        assert _grad_close(shared_grads[name], grad), name
 
 
 def _reward_by_length(prompts, completions, **kwargs):
@@ -60,18 +106,18 @@ def _reward_by_length(prompts, completions, **kwargs):
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.04])
-def test_trainer_loss_and_grads_match_stock_trl(tiny_llama_dir, tmp_path, beta, monkeypatch):
+def test_trainer_loss_and_grads_match_stock_trl(peaked_llama_dir, tmp_path, beta, monkeypatch):
     import prlm.training.prefix_sharing as sharing_module
 
     shared_calls = []
     original = sharing_module.prefix_shared_logps
     monkeypatch.setattr(sharing_module, "prefix_shared_logps",
                         lambda *a, **k: shared_calls.append(1) or original(*a, **k))
-    model, tok = load_policy(tiny_llama_dir)
-    cfg = TrainConfig(task="synthetic", data=str(tmp_path), model=tiny_llama_dir, out=str(tmp_path / "run"),
-                      prompts_per_step=2, num_generations=3, max_completion_length=8, beta=beta, w_pers=0.0,
+    model, tok = load_policy(peaked_llama_dir)
+    cfg = TrainConfig(task="synthetic", data=str(tmp_path), model=peaked_llama_dir, out=str(tmp_path / "run"),
+                      prompts_per_step=3, num_generations=2, max_completion_length=8, beta=beta, w_pers=0.0,
                       report_to="none", temperature=1.0)
-    prompts = ["write a headline: cats", "write a headline for this much longer article about dogs and parks"]
+    prompts = PROMPTS
     trainer = PrefixSharingGRPOTrainer(model=model, reward_funcs=[_reward_by_length], args=grpo_args(cfg),
                                        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                                        processing_class=tok)
@@ -79,6 +125,9 @@ def test_trainer_loss_and_grads_match_stock_trl(tiny_llama_dir, tmp_path, beta, 
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this test does not run
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert inputs["completion_ids"].size(0) == 6
+    # The groups are not in torch.unique's sorted order, so a wrong group owner cannot go unseen.
+    _, owner = torch.unique(torch.cat([inputs["prompt_ids"], inputs["prompt_mask"]], 1), dim=0, return_inverse=True)
+    assert owner.tolist() != sorted(owner.tolist())
 
     def loss_and_grads(sharing):
         trainer.prefix_sharing = sharing
@@ -94,7 +143,7 @@ def test_trainer_loss_and_grads_match_stock_trl(tiny_llama_dir, tmp_path, beta, 
     assert torch.allclose(shared_loss, stock_loss, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in stock_grads.values())
     for name, grad in stock_grads.items():
-        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+        assert _grad_close(shared_grads[name], grad), name
 
 
 def test_auto_shares_prefixes_on_the_cpu_only(tmp_path):

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from prlm.models import load_policy
+from test_prefix_sharing import make_peaked_llama
 from prlm.training.rollout import _filter_logits, _group_consecutive, sample_shared_prefix
 
 PROMPTS = ["hello there", "a much longer prompt with more words in it"]
@@ -18,19 +20,28 @@ def test_near_zero_temperature_equals_greedy_generate(tiny_llama_dir):
     assert completions == greedy
 
 
-def test_groups_share_the_prompt_and_logprobs_match_the_model(tiny_llama_dir):
-    model, tok = load_policy(tiny_llama_dir)
+@pytest.fixture(scope="module")
+def peaked_llama_dir(tmp_path_factory, policy_tokenizer):
+    return make_peaked_llama(tmp_path_factory.mktemp("peaked_llama"), policy_tokenizer)
+
+
+def test_groups_share_the_prompt_and_logprobs_match_the_model(peaked_llama_dir):
+    model, tok = load_policy(peaked_llama_dir)
     gen = torch.Generator().manual_seed(0)
-    prompt_ids, completions, logprobs = sample_shared_prefix(model, tok, PROMPTS, [3, 2], 5, temperature=1.0,
+    prompts = [PROMPTS[0], PROMPTS[1], "three words here"]
+    prompt_ids, completions, logprobs = sample_shared_prefix(model, tok, prompts, [3, 2, 2], 5, temperature=1.0,
                                                              eos_token_ids=(-1,), generator=gen)
-    assert len(completions) == 5 and prompt_ids[0] == prompt_ids[2] != prompt_ids[3]
+    assert len(completions) == 7
+    assert [tok.decode(p) for p in prompt_ids] == [prompts[0]] * 3 + [prompts[1]] * 2 + [prompts[2]] * 2
     assert len({tuple(c) for c in completions[:3]}) > 1  # samples differ within a group
-    # The recorded log-probs are the model's own for the sampled tokens (no padding, no cache).
-    full = torch.tensor([prompt_ids[3] + completions[3]])
-    with torch.no_grad():
-        logits = model(full).logits[0, len(prompt_ids[3]) - 1:-1].float()
-    expected = logits.log_softmax(-1).gather(-1, torch.tensor(completions[3])[:, None]).squeeze(-1)
-    assert torch.allclose(expected, torch.tensor(logprobs[3]), atol=1e-4)
+    # Every completion's recorded log-probs are the model's own for its sampled tokens, computed here on the
+    # unpadded prompt without a cache; the short prompts were left-padded in the rollout's batch.
+    for row in range(7):
+        full = torch.tensor([prompt_ids[row] + completions[row]])
+        with torch.no_grad():
+            logits = model(full).logits[0, len(prompt_ids[row]) - 1:-1].float()
+        expected = logits.log_softmax(-1).gather(-1, torch.tensor(completions[row])[:, None]).squeeze(-1)
+        assert torch.allclose(expected, torch.tensor(logprobs[row]), atol=1e-3), row
 
 
 def test_top_p_keeps_the_smallest_set_over_p():
@@ -38,3 +49,16 @@ def test_top_p_keeps_the_smallest_set_over_p():
     kept = torch.isfinite(_filter_logits(logits, top_k=0, top_p=0.7))
     assert kept.tolist() == [[True, True, False, False]]
     assert torch.isfinite(_filter_logits(logits, top_k=1, top_p=1.0)).sum() == 1
+
+
+def test_a_stop_string_ends_each_completion_right_after_it(tiny_llama_dir):
+    model, tok = load_policy(tiny_llama_dir)
+    greedy = dict(temperature=1e-6, eos_token_ids=(-1,))
+    _, full, full_logps = sample_shared_prefix(model, tok, PROMPTS, [1, 1], 10, **greedy)
+    stop = tok.decode(full[0][3:5])  # a two-token piece of the first completion
+    _, cut, cut_logps = sample_shared_prefix(model, tok, PROMPTS, [1, 1], 10, stop_strings=(stop,), **greedy)
+    for whole, short, whole_logps, short_logps in zip(full, cut, full_logps, cut_logps):
+        ends = [i + 1 for i in range(len(whole)) if stop in tok.decode(whole[:i + 1])]
+        assert short == whole[:ends[0] if ends else len(whole)]
+        assert short_logps == whole_logps[:len(short)]
+    assert len(cut[0]) < len(full[0]) == 10  # the stop string ended it mid-budget

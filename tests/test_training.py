@@ -328,3 +328,16 @@ def test_trainer_weighs_each_reward_term_as_configured(tiny_data, tiny_llama_dir
                             extra_rewards=[(length_reward, 0.05)])
     used = dict(zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
     assert used == pytest.approx({**expected, "length": 0.05})
+
+
+def test_unseen_questions_follow_the_split_of_the_warmup_they_start_from(tiny_data, tmp_path):
+    warm = tmp_path / "earlier" / "sft-model"
+    warm.mkdir(parents=True)
+    (warm / "config.json").write_text("{}")
+    base = dict(data=tiny_data, out="o", w_pers=0, warmup_from=str(warm), grpo_questions="unseen")
+    with pytest.raises(PrlmError, match="needs the warm-up run"):
+        TrainConfig(**base, warmup_share=0.5)
+    (tmp_path / "earlier" / "train_config.json").write_text(json.dumps({"warmup_share": 0.3}))
+    with pytest.raises(PrlmError, match="--warmup-share 0.3"):
+        TrainConfig(**base, warmup_share=0.5)
+    assert TrainConfig(**base, warmup_share=0.3).warmup_share == 0.3

@@ -62,6 +62,7 @@ class TrainConfig(ProfileDataConfig):
     use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
     bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
     rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once for its whole group; faster) or 'trl' (TRL's own generate).")
+    stop_at_answer: bool = opt(True, "End each shared-prefix rollout right after `</answer>`, as evaluation does: no decoding step is spent on text the rewards never read (rollout 'trl' and vLLM run to EOS).")
     prefix_sharing: str = opt("auto", "Log-prob passes that run each group's prompt once and score only completion tokens (same objective as TRL's, tested): 'auto' = on the CPU only (3x faster there; on a GPU at this size the extra pass costs more than it saves, measured in docs/gpu/benchmarks-grpo-h100.md), 'on', 'off' (TRL's own pass). Several processes, DeepSpeed or activation checkpointing always use TRL's pass.")
     use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
@@ -89,6 +90,8 @@ class TrainConfig(ProfileDataConfig):
         if self.grpo_questions == "unseen" and not (self.sft_steps or self.warmup_from):
             raise PrlmError("grpo_questions 'unseen' needs a warm-up (sft_steps > 0 or warmup_from); "
                             "without one every question is unseen: use --grpo-questions all")
+        if self.grpo_questions == "unseen" and self.warmup_from:
+            self._check_warmup_share_of(Path(self.warmup_from).parent / "train_config.json")
         if self.dev_eval_steps < 0:
             raise PrlmError(f"dev_eval_steps must be >= 0 (0 = off), got {self.dev_eval_steps}")
         if self.dev_eval_limit < 0 or self.dev_eval_batch_size < 1:
@@ -116,6 +119,19 @@ class TrainConfig(ProfileDataConfig):
             raise PrlmError("reward weights must be >= 0")
         if self.temperature <= 0:
             raise PrlmError("temperature must be > 0: GRPO needs diverse samples within a group")
+
+    def _check_warmup_share_of(self, earlier_config: Path) -> None:
+        """'unseen' means unseen by *that* warm-up: its run must have split the questions the same way."""
+        import json
+
+        if not earlier_config.is_file():
+            raise PrlmError(f"grpo_questions 'unseen' with warmup_from needs the warm-up run's {earlier_config} "
+                            "to know which questions it trained on; use --grpo-questions all, or a run folder's sft-model")
+        earlier = json.loads(earlier_config.read_text())
+        if earlier.get("warmup_share", 1.0) != self.warmup_share:
+            raise PrlmError(f"the warm-up in {self.warmup_from} trained on warmup_share "
+                            f"{earlier.get('warmup_share', 1.0)}, not {self.warmup_share}: pass "
+                            f"--warmup-share {earlier.get('warmup_share', 1.0)} so 'unseen' means unseen by it")
 
     @property
     def metric_list(self) -> list[str]:

@@ -232,7 +232,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
         from prlm.training.rollout import SharedPrefixRollout
 
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
-        rollout_func = SharedPrefixRollout()
+        rollout_func = SharedPrefixRollout(stop_strings=("</answer>",) if cfg.stop_at_answer else ())
     trainer_class = GRPOTrainer
     if cfg.uses_prefix_sharing:
         from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
