@@ -1,0 +1,215 @@
+"""Style pairs from real outputs, the user partition, the model-free style measure, the judge, `rm eval` rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import write_lamp
+from prlm import PrlmError
+from prlm.cli import main
+from prlm.reward.judge import area_prefix, first_letter_case, judge_rows, style_rows, style_summary, user_habit
+from prlm.reward.style_pairs import (PREAMBLES, SIGN_OFFS, StylePairsConfig, build_style_pairs, flip_first_letter,
+                                     with_preamble, with_sign_off)
+from prlm.reward.users import UserPartition
+from test_reward_model import make_tiny_rm
+
+PREFIX = "Generate a subject line for the following commit message: "
+AREAS = {"u0": "mingw", "u1": "t0014", "u2": "refs", "u3": "Docs", "u4": "odb", "u5": "ci"}
+
+
+def commit_questions(n_users: int = 6, per_user: int = 2, profile_size: int = 4):
+    """Commit-subject questions: each user writes '<area>: <verb> <topic>'; users 2i and 2i+1 get the same
+    inputs (so their own other question is as near as the other user's)."""
+    topics = ["parser crash", "index cache", "remote helper", "pack bitmap", "config parsing", "ref locking"]
+    questions, golds = [], []
+    for u in range(n_users):
+        user, area = f"u{u}", AREAS.get(f"u{u}", f"area{u}")
+        profile = [{"id": f"{user}-p{p}", "text": f"This body changes the {topics[p % len(topics)]} code.",
+                    "title": f"{area}: tweak {topics[p % len(topics)]}", "date": f"2020-01-{p + 1:02d}"}
+                   for p in range(profile_size)]
+        for j in range(per_user):
+            qid = f"q{u}-{j}"
+            topic = topics[u // 2]
+            questions.append({"id": qid, "user_id": user, "input": f"{PREFIX}Rework the {topic} handling.",
+                              "profile": profile})
+            golds.append({"id": qid, "output": f"{area}: rework {topic} handling, step {j}"})
+    return questions, {"task": "commit-subject", "golds": golds}
+
+
+@pytest.fixture()
+def commit_data(tmp_path):
+    questions, outputs = commit_questions()
+    return write_lamp(tmp_path / "data", split="train", questions=questions, outputs=outputs)
+
+
+# --- user partition ------------------------------------------------------------
+
+def test_partition_is_a_hash_of_the_user_id():
+    partition = UserPartition()
+    groups = [partition.group(f"user-{i}") for i in range(400)]
+    assert set(groups) == {"rm-train", "validation", "held-out"}
+    assert groups == [UserPartition().group(f"user-{i}") for i in range(400)]  # same in every process
+    share = {g: groups.count(g) / 400 for g in set(groups)}
+    assert 0.05 < share["validation"] < 0.16 and 0.37 < share["held-out"] < 0.53
+    assert UserPartition(salt="other").group("user-1") in ("rm-train", "validation", "held-out")
+    with pytest.raises(PrlmError, match="no user to train on"):
+        UserPartition(validation_share=0.5, held_out_share=0.5)
+
+
+def test_reward_and_judge_never_share_a_training_user():
+    partition = UserPartition()
+    rows = [{"user_id": f"u{i}"} for i in range(200)]
+    reward, judge = partition.split_rows(rows, "reward"), partition.split_rows(rows, "judge")
+    users = lambda part: {r["user_id"] for r in part}  # noqa: E731
+    assert not users(reward["train"]) & users(judge["train"])
+    assert users(reward["report"]) == users(judge["train"]) and users(judge["report"]) == users(reward["train"])
+    assert not users(reward["validation"]) & (users(reward["report"]) | users(judge["report"]))
+
+
+# --- form perturbations ----------------------------------------------------------
+
+def test_form_perturbations():
+    assert flip_first_letter("mingw: fix") == "Mingw: fix" and flip_first_letter("Fix it") == "fix it"
+    assert flip_first_letter("0-day fix") == ""  # nothing to flip
+    pre = with_preamble("mingw: fix", "subject line", "q1", "eval")
+    assert pre.endswith("mingw: fix") and pre != "mingw: fix"
+    assert with_sign_off("mingw: fix", "q1", "eval").startswith("mingw: fix ")
+    # the measured wordings are never trained on
+    assert not set(PREAMBLES["train"]) & set(PREAMBLES["eval"]) and not set(SIGN_OFFS["train"]) & set(SIGN_OFFS["eval"])
+
+
+# --- style pairs ---------------------------------------------------------------------
+
+def test_style_pairs_from_questions(commit_data, tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    summary = build_style_pairs(StylePairsConfig(data=str(commit_data), split="train", k=2, negatives="any",
+                                                 variant="eval", out=str(out)))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["pairs"] == len(rows) == 12 * 4 and summary["by_kind"]["casing"] == 12
+    by_kind = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+        assert r["chosen"].startswith(AREAS[r["user_id"]] + ":")  # the user's own real output
+        assert len(r["context"]) == 2 and all(c.startswith(AREAS[r["user_id"]] + ":") for c in r["context"])
+    for r in by_kind["own-vs-other-user"]:
+        assert r["other_user_id"] != r["user_id"] and r["rejected"].startswith(AREAS[r["other_user_id"]] + ":")
+        # the hard negative is about the same topic: the BM25-nearest input of another user
+        assert r["rejected"].split(": ", 1)[1].split(",")[0] == r["chosen"].split(": ", 1)[1].split(",")[0]
+    for r in by_kind["preamble"]:
+        assert r["rejected"].endswith(r["chosen"]) and len(r["rejected"]) > len(r["chosen"])
+    for r in by_kind["sign-off"]:
+        assert r["rejected"].startswith(r["chosen"]) and len(r["rejected"]) > len(r["chosen"])
+
+
+def test_style_pairs_from_profiles_never_put_the_answer_in_its_context(commit_data, tmp_path):
+    out = tmp_path / "pairs.jsonl"
+    build_style_pairs(StylePairsConfig(data=str(commit_data), split="train", k=8, kinds="own-vs-other-user",
+                                       source="questions+profiles", negatives="any", out=str(out)))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    from_profiles = [r for r in rows if "/profile/" in r["id"]]
+    assert len(from_profiles) == 6 * 4  # every profile entry of every user is an own output
+    for r in rows:
+        assert r["chosen"] not in r["context"]
+        assert r["input"].startswith(PREFIX)
+
+
+def test_same_group_negatives_stay_in_the_group(commit_data, tmp_path):
+    questions, outputs = commit_questions(n_users=12)
+    data = write_lamp(tmp_path / "d12", split="train", questions=questions, outputs=outputs)
+    out = tmp_path / "pairs.jsonl"
+    partition = UserPartition()
+    build_style_pairs(StylePairsConfig(data=str(data), kinds="own-vs-other-user", out=str(out)), partition)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(partition.group(r["other_user_id"]) == partition.group(r["user_id"]) for r in rows)
+
+
+def test_style_pairs_config_errors(tmp_path):
+    with pytest.raises(PrlmError, match="kinds"):
+        StylePairsConfig(data="d", out="o", kinds="nope")
+    with pytest.raises(PrlmError, match="users"):
+        StylePairsConfig(data="d", out="o", users="everyone")
+    with pytest.raises(PrlmError, match="out is required"):
+        StylePairsConfig(data="d")
+
+
+# --- model-free style measure --------------------------------------------------------
+
+@pytest.mark.parametrize("text, prefix", [("mingw: fix build", "mingw"), ("t/helper: add test", "t/helper"),
+                                          ("submodule--helper: x", "submodule--helper"), ("Fix: a b", "Fix"),
+                                          ("Revert \"mingw: x\"", ""), ("Fix the bug", ""),
+                                          ("The subject line is: mingw: x", ""), ("ci(windows): x", "ci(windows)")])
+def test_area_prefix(text, prefix):
+    assert area_prefix(text) == prefix
+
+
+def test_casing_and_habit():
+    assert first_letter_case("mingw: Fix it") == "upper" and first_letter_case("index: also hint") == "lower"
+    assert first_letter_case("Add a thing") == "upper" and first_letter_case("123") == ""
+    habit = user_habit(["a: fix one", "b: fix two", "c: Fix three four five six seven eight"])
+    assert habit == {"case": "lower", "length_bucket": 0}
+
+
+def test_style_rows_on_hand_examples():
+    profile = [{"title": "mingw: fix the build"}, {"title": "mingw: avoid a leak"}]
+    rows = style_rows([{"id": "q1", "user_id": "u", "answer": "mingw: add a flag", "gold": "mingw: add flag"},
+                       {"id": "q2", "user_id": "u", "answer": "Add a flag to the build system of windows now",
+                        "gold": "mingw: add flag"}],
+                      {"q1": profile, "q2": profile})
+    assert [r["prefix_match"] for r in rows] == [1.0, 0.0]
+    assert [r["case_match"] for r in rows] == [1.0, 0.0] and [r["length_match"] for r in rows] == [1.0, 0.0]
+    summary = style_summary(rows)
+    assert summary["prefix_match"] == 0.5 and summary["prefix_match_gold_has_prefix"] == 0.5
+    with pytest.raises(PrlmError, match="no question"):
+        style_rows([{"id": "q9", "answer": "x", "gold": "y"}], {})
+
+
+# --- judge ---------------------------------------------------------------------------------
+
+def test_judge_scores_answers_with_the_profile_context(tmp_path):
+    from prlm.data.lamp import Example
+    from prlm.reward.model import load_reward_model
+
+    path = make_tiny_rm(tmp_path / "judge", context_entries=2)
+    cfg_file = tmp_path / "judge" / "prlm_rm_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "role": "judge", "task": "commit-subject"}))
+    judge = load_reward_model(path)
+    profile = [{"id": "p1", "text": "fix the parser", "title": "mingw: fix parser", "date": "2020-01-01"}]
+    questions = {"q1": Example("q1", "u1", PREFIX + "fix the parser", profile)}
+    rows = judge_rows(judge, [{"id": "q1", "answer": "mingw: fix it"}, {"id": "q1", "answer": ""}], questions)
+    expected = judge.score([PREFIX + "fix the parser"], ["mingw: fix it"], [["mingw: fix parser"]])[0]
+    assert rows[0]["judge_score"] == pytest.approx(expected) and 0 < rows[0]["judge_reward"] < 1
+    assert rows[1]["judge_score"] is None and rows[1]["judge_reward"] == 0.0
+    cfg_file.write_text(json.dumps({**cfg, "role": "reward"}))
+    with pytest.raises(PrlmError, match="--role judge"):
+        judge_rows(load_reward_model(path), [{"id": "q1", "answer": "x"}], questions)
+
+
+# --- rm eval: unseen users and report rows ----------------------------------------------------
+
+def test_eval_reports_unseen_users_per_kind(tmp_path, capsys):
+    path = make_tiny_rm(tmp_path / "rm")
+    cfg_file = tmp_path / "rm" / "prlm_rm_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({**cfg, "users": {"train": ["u0"], "validation": ["u1"], "report": []}}))
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"pair_id": f"q{u}-{kind}", "id": f"q{u}", "user_id": f"u{u}", "kind": kind, "input": "a commit",
+             "chosen": "mingw: fix", "rejected": f"other {kind}", "split": "dev"}
+            for u in range(4) for kind in ("gold-vs-other-user", "preamble")]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = tmp_path / "results" / "rows.json"
+    assert main(["rm", "eval", "--model", path, "--pairs", str(pairs), "--samples", "50", "--data", "toy",
+                 "--results", str(results)]) == 0
+    assert "2 user(s) (unseen)" in capsys.readouterr().out
+    written = json.loads(results.read_text())
+    assert [r["pairs"] for r in written] == ["own-vs-other-user", "preamble"]
+    for r in written:
+        assert set(r) == {"data", "split", "pairs", "n", "accuracy", "lo", "hi", "model", "command"}
+        assert r["n"] == 2 and r["data"] == "toy" and r["split"] == "dev" and r["model"] == "rm"
+        assert r["lo"] <= r["accuracy"] <= r["hi"] and r["command"].startswith("prlm rm eval --model ")
+    # every pair of a seen user: nothing to report
+    cfg_file.write_text(json.dumps({**cfg, "users": {"train": ["u0", "u1", "u2"], "validation": ["u3"]}}))
+    assert main(["rm", "eval", "--model", path, "--pairs", str(pairs)]) == 2
+    assert "every pair belongs to a user the checkpoint trained on" in capsys.readouterr().err
