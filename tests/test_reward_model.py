@@ -150,6 +150,9 @@ def test_pairwise_metrics_and_bootstrap_interval():
     assert m["accuracy"] == 0.75 and m["margin"] == pytest.approx(0.75) and m["n"] == 4
     assert m["accuracy_ci"][0] <= 0.75 <= m["accuracy_ci"][1] and 0 <= m["accuracy_ci"][0]
     assert m["margin_ci"][0] <= 0.75 <= m["margin_ci"][1]
+    assert m["ties"] == 0 and m["lower_or_keep"] == 0.75
+    tied = pairwise_metrics([1.0, 2.0, 0.5], [1.0, 1.0, 1.0], samples=50)
+    assert tied["accuracy"] == pytest.approx(1 / 3) and tied["ties"] == 1 and tied["lower_or_keep"] == pytest.approx(2 / 3)
 
 
 # --- training, save and load ---------------------------------------------------
@@ -207,6 +210,20 @@ def test_batching_does_not_change_scores(trained):
     inputs = [f"input {'long ' * i}" for i in range(7)]
     answers = [f"answer {i}" for i in range(7)]
     assert rm.score(inputs, answers, batch_size=2) == pytest.approx(rm.score(inputs, answers, batch_size=7), abs=1e-5)
+
+
+def test_pairs_that_encode_the_same_are_not_trained_on(tmp_path, tiny_backbone):
+    """The embedded MiniLM tokenizer is uncased: a case flip is no change to it, so such pairs are dropped."""
+    rows = signal_pairs(n_users=20, per_user=1)
+    rows += [{**r, "pair_id": r["pair_id"] + "-case", "kind": "casing", "chosen": "mingw: fix", "rejected": "Mingw: fix"}
+             for r in rows]
+    cfg = TrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"), backbone=tiny_backbone,
+                      max_length=32, batch_size=8, epochs=1, device="cpu")
+    result = train_reward_model(cfg, progress=False)
+    parts = split_by_user(rows, cfg.partition)
+    casing = sum(r["kind"] == "casing" for r in parts["train"] + parts["validation"])
+    assert result["dropped_identical_after_tokenization"] == {"casing": casing} and casing > 0
+    assert result["pairs"]["train"] == len(parts["train"])  # counted before dropping: the file's pairs
 
 
 def test_context_option_is_saved_and_required(tmp_path, tiny_backbone):

@@ -213,3 +213,15 @@ def test_eval_reports_unseen_users_per_kind(tmp_path, capsys):
     cfg_file.write_text(json.dumps({**cfg, "users": {"train": ["u0", "u1", "u2"], "validation": ["u3"]}}))
     assert main(["rm", "eval", "--model", path, "--pairs", str(pairs)]) == 2
     assert "every pair belongs to a user the checkpoint trained on" in capsys.readouterr().err
+
+
+def test_reward_contexts_match_the_training_pairs(commit_data, tmp_path):
+    from prlm.data import load_split
+    from prlm.reward.style_pairs import reward_contexts
+
+    out = tmp_path / "pairs.jsonl"
+    build_style_pairs(StylePairsConfig(data=str(commit_data), kinds="preamble", k=3, out=str(out)))
+    rows = {json.loads(line)["id"]: json.loads(line) for line in out.read_text().splitlines()}
+    examples = load_split(commit_data, "train", "commit-subject").examples
+    contexts = reward_contexts("commit-subject", [ex.input for ex in examples], [ex.profile for ex in examples], 3)
+    assert [rows[ex.id]["context"] for ex in examples] == contexts and all(len(c) == 3 for c in contexts)

@@ -154,7 +154,7 @@ def _cmd_eval(args) -> None:
     for name, m in groups:
         print(f"  {name}: n={m['n']} pairwise accuracy {m['accuracy']:.4f} [{m['accuracy_ci'][0]:.4f}, "
               f"{m['accuracy_ci'][1]:.4f}], mean margin {m['margin']:+.4f} [{m['margin_ci'][0]:+.4f}, "
-              f"{m['margin_ci'][1]:+.4f}]")
+              f"{m['margin_ci'][1]:+.4f}], ties {m['ties']}, rejected not above chosen {m['lower_or_keep']:.4f}")
     print(f"{result['n_users']} user(s) ({cfg.users}); {result['pairs_per_s']} pairs/s at "
           f"{result['torch_threads']} thread(s); in {result['wall_time_s']} s"
           + (f"; wrote {cfg.out}" if cfg.out else "") + (f"; report rows in {cfg.results}" if cfg.results else ""))

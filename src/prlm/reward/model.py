@@ -356,18 +356,26 @@ def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32) -> 
     return scores[:len(rows)], scores[len(rows):]
 
 
+TIE_TOLERANCE = 1e-6  # scores this close come from the same encoded text, up to float noise
+
+
 def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], samples: int = 1000,
                      seed: int = 0) -> dict:
-    """Pairwise accuracy (share of pairs with s(y+) > s(y-)) and mean margin, with bootstrap 95% intervals."""
+    """Pairwise accuracy (share of pairs with s(y+) > s(y-)) and mean margin, with bootstrap 95% intervals;
+    also the ties (equal scores: an uncased tokenizer sees a case change as no change) and the share
+    `lower_or_keep` of pairs whose rejected side does not score above the chosen one."""
     from prlm.evaluation import paired_bootstrap
 
     chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
-    correct = (chosen > rejected).astype(float)
+    diff = chosen - rejected
+    correct = (diff > TIE_TOLERANCE).astype(float)
+    ties = np.abs(diff) <= TIE_TOLERANCE
     # accuracy = mean(correct) - 0 and margin = mean(chosen) - mean(rejected), both resampled by pair.
     acc = paired_bootstrap(np.zeros_like(correct), correct, metric="pairwise accuracy", samples=samples, seed=seed)
     margin = paired_bootstrap(rejected, chosen, metric="mean margin", samples=samples, seed=seed)
     return {"n": int(correct.size), "accuracy": acc.diff, "accuracy_ci": [acc.low, acc.high],
-            "margin": margin.diff, "margin_ci": [margin.low, margin.high], "samples": samples, "seed": seed}
+            "margin": margin.diff, "margin_ci": [margin.low, margin.high], "ties": int(ties.sum()),
+            "lower_or_keep": float((correct + ties).mean()) if correct.size else 0.0, "samples": samples, "seed": seed}
 
 
 def evaluate_pairs(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32, samples: int = 1000,
@@ -545,14 +553,22 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
 
+    dropped_identical: dict[str, int] = {}
+
     def to_dataset(part: Sequence[dict]):
         inputs = [r["input"] for r in part]
         contexts = [r.get("context") for r in part]
         args = (contexts, cfg.context_entries, cfg.max_length)
-        return Dataset.from_dict({
-            "chosen_ids": encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args),
-            "rejected_ids": encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args),
-        })
+        chosen = encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args)
+        rejected = encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args)
+        # Sides that encode to the same tokens (a case change under an uncased tokenizer, a sign-off cut by
+        # max_length) teach nothing and would count as errors in validation: dropped, and counted.
+        keep = [i for i in range(len(part)) if chosen[i] != rejected[i]]
+        for i in set(range(len(part))) - set(keep):
+            kind = part[i].get("kind", "")
+            dropped_identical[kind] = dropped_identical.get(kind, 0) + 1
+        return Dataset.from_dict({"chosen_ids": [chosen[i] for i in keep],
+                                  "rejected_ids": [rejected[i] for i in keep]})
 
     has_val = bool(val_rows)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.trainer-", dir=_mkdir(out.parent)))
@@ -601,6 +617,7 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
         "pairs_file": str(cfg.pairs),
         "role": cfg.role,
         "task": next((r["task"] for r in rows if r.get("task")), None),
+        "dropped_identical_after_tokenization": dropped_identical,
         "partition": cfg.partition.as_dict(),
         "pairs": {"total": len(rows), "train": len(train_rows), "validation": len(val_rows),
                   "report": len(report_rows)},

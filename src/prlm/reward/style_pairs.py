@@ -314,3 +314,15 @@ def pairs_from_runs(with_profile_run: str, without_profile_run: str, data: str, 
                      "kind": "with-vs-without-profile", "chosen": chosen, "rejected": rejected, "split": split})
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {"pairs": len(rows), "dropped": dropped, "split": split}
+
+
+def reward_contexts(task_name: str, inputs: Sequence[str], profiles: Sequence[Sequence[dict]], k: int
+                    ) -> list[list[str]]:
+    """The 'context' column a context reward model needs at GRPO time, built exactly as for its training pairs:
+    per question, the user's past outputs of the top-k profile entries by BM25 against the input."""
+    from prlm.data import get_task
+    from prlm.retrieval import BM25Retriever
+
+    task = get_task(task_name)
+    retriever = BM25Retriever(task)
+    return [past_outputs_context(retriever, task, text, profile, k) for text, profile in zip(inputs, profiles)]
