@@ -225,3 +225,20 @@ def test_reward_contexts_match_the_training_pairs(commit_data, tmp_path):
     examples = load_split(commit_data, "train", "commit-subject").examples
     contexts = reward_contexts("commit-subject", [ex.input for ex in examples], [ex.profile for ex in examples], 3)
     assert [rows[ex.id]["context"] for ex in examples] == contexts and all(len(c) == 3 for c in contexts)
+
+
+def test_every_reward_model_config_validates():
+    from pathlib import Path
+
+    import yaml
+
+    from prlm.reward.model import TrainConfig
+    from prlm.reward.pairs import PairsConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("rm-*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        values = yaml.safe_load(path.read_text())
+        kind = (StylePairsConfig if path.name.startswith("rm-style-pairs") else
+                PairsConfig if path.name.startswith("rm-pairs") else TrainConfig)
+        kind(**values)  # raises on an unknown field or a bad value
