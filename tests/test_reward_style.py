@@ -242,3 +242,24 @@ def test_every_reward_model_config_validates():
         kind = (StylePairsConfig if path.name.startswith("rm-style-pairs") else
                 PairsConfig if path.name.startswith("rm-pairs") else TrainConfig)
         kind(**values)  # raises on an unknown field or a bad value
+
+
+def test_rm_judge_cli_on_a_run_folder(commit_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"split": "train", "config": {"method": "rag"}}))
+    preds = [{"id": "q0-0", "user_id": "u0", "answer": "mingw: rework it", "gold": "mingw: rework parser crash"},
+             {"id": "q1-0", "user_id": "u1", "answer": "Rework the handling of things", "gold": "t0014: rework x"}]
+    (run / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    assert main(["rm", "judge", "--run", str(run), "--data", str(commit_data), "--out", str(tmp_path / "s.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 2 and summary["prefix_match"] == 0.5 and summary["case_match"] == 0.5
+    path = make_tiny_rm(tmp_path / "judge", context_entries=2)
+    cfg_file = tmp_path / "judge" / "prlm_rm_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "role": "judge"}))
+    assert main(["rm", "judge", "--run", str(run), "--data", str(commit_data), "--model", path,
+                 "--out", str(tmp_path / "j.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    assert summary["judge_degenerate"] == 0 and all(r["judge_score"] is not None for r in rows)
+    assert summary["judge_reward"] == pytest.approx(sum(r["judge_reward"] for r in rows) / 2, abs=1e-4)
