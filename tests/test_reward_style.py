@@ -263,3 +263,26 @@ def test_rm_judge_cli_on_a_run_folder(commit_data, tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
     assert summary["judge_degenerate"] == 0 and all(r["judge_score"] is not None for r in rows)
     assert summary["judge_reward"] == pytest.approx(sum(r["judge_reward"] for r in rows) / 2, abs=1e-4)
+
+
+def test_paper_pairs_from_two_runs_and_own_vs_no_profile(commit_data, tmp_path):
+    from prlm.reward.style_pairs import pairs_from_runs
+
+    def run(name, answers):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"split": "train"}))
+        (folder / "predictions.jsonl").write_text("".join(
+            json.dumps({"id": qid, "user_id": qid[1:].split("-")[0], "answer": a}) + "\n" for qid, a in answers))
+        return str(folder)
+
+    rag = run("rag", [("q0-0", "mingw: rework"), ("q1-0", "same"), ("q2-0", "")])
+    plain = run("plain", [("q0-0", "Rework the parser"), ("q1-0", "same"), ("q2-0", "x")])
+    summary = pairs_from_runs(rag, plain, str(commit_data), tmp_path / "p.jsonl", k=2)
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert summary == {"pairs": 1, "dropped": 2, "split": "train", "kind": "with-vs-without-profile"}
+    assert rows[0]["chosen"] == "mingw: rework" and rows[0]["rejected"] == "Rework the parser"
+    assert rows[0]["input"].startswith(PREFIX) and len(rows[0]["context"]) == 2
+    summary = pairs_from_runs("gold", plain, str(commit_data), tmp_path / "g.jsonl", k=2)
+    rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert summary["kind"] == "own-vs-no-profile" and rows[0]["chosen"] == "mingw: rework parser crash handling, step 0"

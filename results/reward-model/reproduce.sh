@@ -28,6 +28,14 @@ for DATA in git-commit-subject three-projects-commit-subject; do
   prlm rm style-pairs --data "../shared/data/$DATA" --split dev --k 4 --variant eval --negatives any \
     --out "$RM/$DATA-dev-style.jsonl"
   cp "$RM/$DATA-dev-style.jsonl" "$RM/$DATA-dev-eval.jsonl"
+  if [ -d "$RUNS/$DATA/dev/no-profile" ]; then
+    # the real subject against the untrained policy's no-profile answer (issue 3's 58%)
+    prlm rm paper-pairs --with-profile-run gold --without-profile-run "$RUNS/$DATA/dev/no-profile" \
+      --data "../shared/data/$DATA" --k 4 --out "$RM/$DATA-dev-own-vs-np.jsonl"
+    prlm rm eval --model "$RM/rm-minilm-context" --pairs "$RM/$DATA-dev-own-vs-np.jsonl" --data "$DATA" \
+      --name rm-minilm-context --results "$OUT/rm-minilm-context.$DATA.dev.own-vs-no-profile.json" \
+      --out "$OUT/rm-minilm-context.$DATA.dev.own-vs-no-profile.scores.json"
+  fi
   if [ -d "$RUNS/$DATA/dev/rag" ] && [ -d "$RUNS/$DATA/dev/no-profile" ]; then
     prlm rm paper-pairs --with-profile-run "$RUNS/$DATA/dev/rag" --without-profile-run "$RUNS/$DATA/dev/no-profile" \
       --data "../shared/data/$DATA" --k 4 --out "$RM/$DATA-dev-paper.jsonl"
@@ -35,8 +43,12 @@ for DATA in git-commit-subject three-projects-commit-subject; do
   fi
   # 4. each model on the users it never saw (the reward models: held-out users of git, every user of
   #    three-projects; the judge: the reward model's training users of git, every user of three-projects)
-  for MODEL in rm-minilm-context rm-minilm-nocontext judge-minilm-context; do
+  #    (the judge skips the casing pairs: its uncased tokenizer ties them all, as the reward model's rows show)
+  for MODEL in rm-minilm-context rm-minilm-nocontext; do
     prlm rm eval --model "$RM/$MODEL" --pairs "$RM/$DATA-dev-eval.jsonl" --data "$DATA" --name "$MODEL" \
       --results "$OUT/$MODEL.$DATA.dev.json" --out "$OUT/$MODEL.$DATA.dev.scores.json"
   done
+  prlm rm eval --model "$RM/judge-minilm-context" --pairs "$RM/$DATA-dev-eval.jsonl" \
+    --kinds own-vs-other-user,preamble,sign-off --data "$DATA" --name judge-minilm-context \
+    --results "$OUT/judge-minilm-context.$DATA.dev.json" --out "$OUT/judge-minilm-context.$DATA.dev.scores.json"
 done

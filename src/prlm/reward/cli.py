@@ -45,7 +45,7 @@ def _cmd_paper_pairs(args) -> None:
 
     summary = pairs_from_runs(args.with_profile_run, args.without_profile_run, args.data, args.out, k=args.k,
                               task=args.task)
-    print(f"wrote {summary['pairs']} with-vs-without-profile pair(s) on {summary['split']} to {args.out} "
+    print(f"wrote {summary['pairs']} {summary['kind']} pair(s) on {summary['split']} to {args.out} "
           f"({summary['dropped']} dropped: an empty side or both answers equal)")
 
 
@@ -88,7 +88,8 @@ def add_rm_commands(subparsers) -> None:
 
     p = sub.add_parser("paper-pairs", help="the paper's with-profile vs without-profile pairs from two evaluation "
                        "runs (rag and no-profile) on the same split, without generating")
-    p.add_argument("--with-profile-run", required=True, help="run folder of `prlm eval --method rag` (chosen)")
+    p.add_argument("--with-profile-run", required=True, help="run folder of `prlm eval --method rag` (chosen), or "
+                   "'gold' for the user's real output (own-vs-no-profile pairs)")
     p.add_argument("--without-profile-run", required=True, help="run folder of `prlm eval --method no-profile`")
     p.add_argument("--data", required=True, help="dataset folder of the runs (inputs and profiles)")
     p.add_argument("--task", default="commit-subject", help="task name")

@@ -285,17 +285,26 @@ def pairs_from_runs(with_profile_run: str, without_profile_run: str, data: str, 
                     task: str = "commit-subject") -> dict:
     """The paper's pairs without generating: the answers of an evaluation run with the profile (chosen) against
     those of a run without it (rejected), per question; inputs and profiles (for `context`, built as in
-    :func:`build_style_pairs`) are read from the dataset folder `data`."""
+    :func:`build_style_pairs`) are read from the dataset folder `data`.
+
+    `with_profile_run` 'gold' takes the user's real output as the chosen side instead: the pairs are then
+    ``own-vs-no-profile`` (the real output against the policy's no-profile answer)."""
     from prlm.data import get_task, load_split
     from prlm.evaluation import load_run
     from prlm.retrieval import BM25Retriever
 
     task_obj = get_task(task)
-    s_with, with_rows = load_run(with_profile_run)
     s_without, without_rows = load_run(without_profile_run)
-    split = s_with.get("split")
-    if split != s_without.get("split"):
-        raise PrlmError(f"the two runs are on different splits ({split} and {s_without.get('split')})")
+    split = s_without.get("split")
+    kind = "with-vs-without-profile"
+    if with_profile_run == "gold":
+        kind = "own-vs-no-profile"
+        examples = load_split(data, split, task_obj, require_golds=True).examples
+        with_rows = [{"id": ex.id, "user_id": ex.user_id, "answer": ex.gold} for ex in examples]
+    else:
+        s_with, with_rows = load_run(with_profile_run)
+        if split != s_with.get("split"):
+            raise PrlmError(f"the two runs are on different splits ({s_with.get('split')} and {split})")
     without = {r["id"]: r for r in without_rows}
     questions = {ex.id: ex for ex in load_split(data, split, task_obj).examples}
     retriever = BM25Retriever(task_obj)
@@ -309,11 +318,11 @@ def pairs_from_runs(with_profile_run: str, without_profile_run: str, data: str, 
         if not chosen or not rejected or chosen == rejected:
             dropped += 1
             continue
-        rows.append({"pair_id": f"{ex.id}:with-vs-without-profile", "id": ex.id, "user_id": ex.user_id,
+        rows.append({"pair_id": f"{ex.id}:{kind}", "id": ex.id, "user_id": ex.user_id,
                      "input": ex.input, "context": past_outputs_context(retriever, task_obj, ex.input, ex.profile, k),
-                     "kind": "with-vs-without-profile", "chosen": chosen, "rejected": rejected, "split": split})
+                     "kind": kind, "chosen": chosen, "rejected": rejected, "split": split})
     atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return {"pairs": len(rows), "dropped": dropped, "split": split}
+    return {"pairs": len(rows), "dropped": dropped, "split": split, "kind": kind}
 
 
 def reward_contexts(task_name: str, inputs: Sequence[str], profiles: Sequence[Sequence[dict]], k: int
