@@ -43,12 +43,12 @@ for DATA in git-commit-subject three-projects-commit-subject; do
   fi
   # 4. each model on the users it never saw (the reward models: held-out users of git, every user of
   #    three-projects; the judge: the reward model's training users of git, every user of three-projects)
-  #    (the judge skips the casing pairs: its uncased tokenizer ties them all, as the reward model's rows show)
+  #    (the judge: own-vs-other-user only, the figure that says it recognizes users it never trained on)
   for MODEL in rm-minilm-context rm-minilm-nocontext; do
     prlm rm eval --model "$RM/$MODEL" --pairs "$RM/$DATA-dev-eval.jsonl" --data "$DATA" --name "$MODEL" \
       --results "$OUT/$MODEL.$DATA.dev.json" --out "$OUT/$MODEL.$DATA.dev.scores.json"
   done
   prlm rm eval --model "$RM/judge-minilm-context" --pairs "$RM/$DATA-dev-eval.jsonl" \
-    --kinds own-vs-other-user,preamble,sign-off --data "$DATA" --name judge-minilm-context \
+    --kinds own-vs-other-user --data "$DATA" --name judge-minilm-context \
     --results "$OUT/judge-minilm-context.$DATA.dev.json" --out "$OUT/judge-minilm-context.$DATA.dev.scores.json"
 done
