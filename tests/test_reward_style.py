@@ -286,3 +286,17 @@ def test_paper_pairs_from_two_runs_and_own_vs_no_profile(commit_data, tmp_path):
     summary = pairs_from_runs("gold", plain, str(commit_data), tmp_path / "g.jsonl", k=2)
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert summary["kind"] == "own-vs-no-profile" and rows[0]["chosen"] == "mingw: rework parser crash handling, step 0"
+
+
+def test_context_checks_give_each_pair_another_users_context():
+    from prlm.reward.model import swap_contexts
+
+    rows = [{"user_id": f"u{u}", "id": f"q{u}{j}", "context": [f"ctx of u{u}"]} for u in range(3) for j in range(2)]
+    assert swap_contexts(rows, "own") == rows
+    assert all(r["context"] == [] for r in swap_contexts(rows, "none"))
+    swapped = swap_contexts(rows, "other-user")
+    assert [r["id"] for r in swapped] == [r["id"] for r in rows]
+    for r in swapped:
+        assert r["context"] and r["context"] != [f"ctx of {r['user_id']}"]
+    with pytest.raises(PrlmError, match="at least two users"):
+        swap_contexts(rows[:2], "other-user")

@@ -117,17 +117,23 @@ class RMEvalConfig:
                        "lo, hi, model, command), e.g. results/reward-model/NAME.json.")
     data: str = opt("", "Dataset name written in the report rows (default: the name of the pairs file's folder).")
     name: str = opt("", "Model name written in the report rows (default: the checkpoint folder's name).")
+    context: str = opt("own", "A check that a context model reads the user: 'own' (as trained), 'other-user' (each "
+                       "pair gets the context of a pair of another user), or 'none' (no context).")
 
     def __post_init__(self):
         if not self.model:
             raise PrlmError("model is required: pass --model CHECKPOINT (from `prlm rm train`)")
         check_choice("users", self.users, ("unseen", "all"))
+        check_choice("context", self.context, CONTEXT_CHECKS)
         if not self.pairs:
             raise PrlmError("pairs is required: pass --pairs FILE.jsonl")
         if self.batch_size < 1:
             raise PrlmError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.samples < 1:
             raise PrlmError(f"samples must be at least 1, got {self.samples}")
+
+
+CONTEXT_CHECKS = ("own", "other-user", "none")
 
 
 # --- loss and split ----------------------------------------------------------
@@ -344,11 +350,30 @@ def save_reward_model(out: str | Path, model, tokenizer, rm_config: dict, overwr
 
 # --- evaluation --------------------------------------------------------------
 
-def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def swap_contexts(rows: Sequence[dict], mode: str) -> list[dict]:
+    """Rows with their context replaced: 'none' empties it; 'other-user' gives each row the context of the next
+    row (in user order) that belongs to another user. 'own' leaves them as they are."""
+    if mode == "own":
+        return list(rows)
+    if mode == "none":
+        return [{**r, "context": []} for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (str(rows[i]["user_id"]), i))
+    out = list(rows)
+    for pos, i in enumerate(order):
+        donor = next((order[(pos + step) % len(order)] for step in range(1, len(order))
+                      if rows[order[(pos + step) % len(order)]]["user_id"] != rows[i]["user_id"]), None)
+        if donor is None:
+            raise PrlmError("context 'other-user' needs pairs of at least two users")
+        out[i] = {**rows[i], "context": rows[donor].get("context") or []}
+    return out
+
+
+def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32,
+                allow_empty_context: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the chosen and the rejected side of each pair (one batched pass)."""
     inputs = [r["input"] for r in rows]
     contexts = [r.get("context") or [] for r in rows] if rm.context_entries else None
-    if rm.context_entries and not any(contexts):
+    if rm.context_entries and not any(contexts) and not allow_empty_context:
         raise PrlmError(f"this reward model uses {rm.context_entries} profile entries but the pairs carry no "
                         "'context'; make them with `prlm rm pairs`")
     answers = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
@@ -379,9 +404,9 @@ def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], samples
 
 
 def evaluate_pairs(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32, samples: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, allow_empty_context: bool = False) -> dict:
     """Pairwise accuracy and mean margin of a reward model on pairs, overall and per kind."""
-    chosen, rejected = pair_scores(rm, rows, batch_size)
+    chosen, rejected = pair_scores(rm, rows, batch_size, allow_empty_context)
     result = pairwise_metrics(chosen, rejected, samples, seed)
     kinds = sorted({r.get("kind", "") for r in rows})
     if len(kinds) > 1:
@@ -452,10 +477,11 @@ def run_rm_eval(cfg: RMEvalConfig, command: str = "") -> dict:
     rm = load_reward_model(cfg.model, device=cfg.device, backbone=cfg.backbone or None)
     if cfg.users == "unseen":
         rows = unseen_rows(rows, rm.config)
+    rows = swap_contexts(rows, cfg.context)
     scoring_started = time.time()
-    result = evaluate_pairs(rm, rows, cfg.batch_size, cfg.samples, cfg.seed)
+    result = evaluate_pairs(rm, rows, cfg.batch_size, cfg.samples, cfg.seed, allow_empty_context=cfg.context == "none")
     scoring_s = time.time() - scoring_started
-    result.update(model=str(cfg.model), pairs=str(cfg.pairs), users=cfg.users,
+    result.update(model=str(cfg.model), pairs=str(cfg.pairs), users=cfg.users, context=cfg.context,
                   n_users=len({r["user_id"] for r in rows}), pairs_per_s=round(len(rows) / max(scoring_s, 1e-9), 2),
                   torch_threads=_torch_threads(), wall_time_s=round(time.time() - started, 1))
     if cfg.results:
