@@ -52,3 +52,10 @@ for DATA in git-commit-subject three-projects-commit-subject; do
     --kinds own-vs-other-user --data "$DATA" --name judge-minilm-context \
     --results "$OUT/judge-minilm-context.$DATA.dev.json" --out "$OUT/judge-minilm-context.$DATA.dev.scores.json"
 done
+
+# 5. does the context model read the user? own-vs-other-user on git dev with each pair given another user's context
+DATA=git-commit-subject
+prlm rm eval --model "$RM/rm-minilm-context" --pairs "$RM/$DATA-dev-eval.jsonl" --kinds own-vs-other-user \
+  --context other-user --data "$DATA" --name "rm-minilm-context, another user's context" \
+  --results "$OUT/rm-minilm-context.$DATA.dev.other-user-context.json" \
+  --out "$OUT/rm-minilm-context.$DATA.dev.other-user-context.scores.json"
