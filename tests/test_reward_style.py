@@ -300,3 +300,16 @@ def test_context_checks_give_each_pair_another_users_context():
         assert r["context"] and r["context"] != [f"ctx of {r['user_id']}"]
     with pytest.raises(PrlmError, match="at least two users"):
         swap_contexts(rows[:2], "other-user")
+
+
+def test_input_copy_pairs(commit_data, tmp_path):
+    from prlm.data import get_task
+    from prlm.reward.style_pairs import input_copy
+
+    task = get_task("commit-subject")
+    body = PREFIX + "\n\nThe first line of the body says a lot of things at once, more than twelve words here.\nNext."
+    assert input_copy(task, body) == "The first line of the body says a lot of things at"
+    out = tmp_path / "pairs.jsonl"
+    build_style_pairs(StylePairsConfig(data=str(commit_data), kinds="input-copy", out=str(out)))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(r["rejected"].startswith("Rework the ") for r in rows)

@@ -8,7 +8,11 @@ Kinds (the names ``prlm rm eval`` reports under):
 * ``preamble``: the real output against itself behind a generic preamble
   ("The subject line is: ...");
 * ``sign-off``: the real output against itself followed by a generic sign-off;
-* ``casing``: the real output against itself with the first letter's case flipped.
+* ``casing``: the real output against itself with the first letter's case flipped;
+* ``input-copy``: the real output against the first line of the input's text
+  (cut at 12 words), the untrained policy's commonest non-answer: a reward
+  model trained without this kind prefers such copies to real subjects about
+  half the time (issue 14's own-vs-no-profile measurement).
 
 Each pair carries ``context``: the user's own past outputs (the ``title`` of
 the top-``k`` profile entries by BM25 against the input), the compact profile
@@ -40,7 +44,7 @@ from prlm.config import check_choice, opt
 from prlm.io import atomic_write_json, atomic_write_text
 from prlm.reward.users import GROUPS, UserPartition
 
-STYLE_KINDS = ("own-vs-other-user", "preamble", "sign-off", "casing")
+STYLE_KINDS = ("own-vs-other-user", "preamble", "sign-off", "casing", "input-copy")
 SOURCES = ("questions", "questions+profiles")
 VARIANTS = ("train", "eval")
 NEGATIVE_POOLS = ("same-group", "any")
@@ -65,7 +69,8 @@ class StylePairsConfig:
     task: str = opt("commit-subject", "Task name (its input prefix and profile fields).")
     data: str = opt("", "Dataset folder in LaMP's schema.")
     split: str = opt("train", "Split whose questions (and their profiles) give the own outputs.")
-    kinds: str = opt(",".join(STYLE_KINDS), "Pair kinds, comma separated: " + ", ".join(STYLE_KINDS) + ".")
+    kinds: str = opt("own-vs-other-user,preamble,sign-off,casing",
+                     "Pair kinds, comma separated: " + ", ".join(STYLE_KINDS) + ".")
     source: str = opt("questions", "'questions': the split's questions and golds; 'questions+profiles': also every "
                       "profile entry of those questions (for training; never on a split you report).")
     k: int = opt(8, "Past outputs of the user (profile titles, BM25 top-k against the input) kept as 'context'.")
@@ -130,6 +135,15 @@ def with_preamble(output: str, output_name: str, key: str, variant: str = "eval"
 
 def with_sign_off(output: str, key: str, variant: str = "eval", seed: int = 0) -> str:
     return output + _pick(SIGN_OFFS[variant], f"sign-off|{key}", seed)
+
+
+INPUT_COPY_WORDS = 12
+
+
+def input_copy(task, text: str, words: int = INPUT_COPY_WORDS) -> str:
+    """The first non-empty line of an input's text (its query part), cut at `words` words."""
+    line = next((ln.strip() for ln in task.query(text).splitlines() if ln.strip()), "")
+    return " ".join(line.split()[:words])
 
 
 def flip_first_letter(output: str) -> str:
@@ -265,8 +279,10 @@ def build_style_pairs(cfg: StylePairsConfig, partition: UserPartition | None = N
                 rejected = with_preamble(item.output, task.output_name, item.id, cfg.variant, cfg.seed)
             elif kind == "sign-off":
                 rejected = with_sign_off(item.output, item.id, cfg.variant, cfg.seed)
-            else:
+            elif kind == "casing":
                 rejected = flip_first_letter(item.output)
+            else:
+                rejected = input_copy(task, item.input)
             if not rejected.strip() or rejected.strip() == item.output.strip():
                 skipped[kind] = skipped.get(kind, 0) + 1
                 continue
