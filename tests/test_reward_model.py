@@ -11,7 +11,9 @@ import pytest
 from prlm import PrlmError
 from prlm.cli import build_parser, main
 from prlm.reward.model import (RM_CONFIG_NAME, TrainConfig, bradley_terry_loss, evaluate_pairs, load_reward_model,
-                               pairwise_metrics, save_reward_model, split_by_user, train_reward_model)
+                               pairwise_metrics, parse_kind_weights, save_reward_model, split_by_user,
+                               train_reward_model, weight_kinds)
+from prlm.reward.users import UserPartition
 
 
 def tiny_bert(folder, hidden: int = 32, head: bool = False, seed: int = 0):
@@ -70,7 +72,8 @@ def trained(tmp_path_factory, tiny_backbone):
     tmp = tmp_path_factory.mktemp("rm_train")
     rows = signal_pairs()
     cfg = TrainConfig(pairs=write_pairs(tmp / "pairs.jsonl", rows), out=str(tmp / "rm"), backbone=tiny_backbone,
-                      max_length=32, batch_size=8, lr=2e-3, epochs=3, val_fraction=0.2, device="cpu")
+                      max_length=32, batch_size=8, lr=2e-3, epochs=3, val_fraction=0.2, device="cpu",
+                      kind_weights="rag-vs-no-profile=1")
     result = train_reward_model(cfg, progress=False)
     return cfg, result, rows
 
@@ -111,15 +114,35 @@ def test_trainer_minimizes_the_same_loss(tmp_path, tiny_backbone):
 
 # --- split -------------------------------------------------------------------
 
-def test_split_by_user_is_disjoint_deterministic_and_seeded():
-    rows = [{"user_id": f"u{u}", "id": f"q{u}-{j}"} for u in range(30) for j in range(3)]
-    train, val = split_by_user(rows, 0.1, seed=0)
-    train_users, val_users = {r["user_id"] for r in train}, {r["user_id"] for r in val}
-    assert not train_users & val_users and len(val_users) == 3 and len(train) + len(val) == len(rows)
-    assert split_by_user(rows, 0.1, seed=0) == (train, val)
-    assert {r["user_id"] for r in split_by_user(rows, 0.1, seed=1)[1]} != val_users
-    assert split_by_user(rows, 0.0)[1] == [] and split_by_user(rows[:3], 0.1)[1] == []  # one user: no validation
-    assert len({r["user_id"] for r in split_by_user(rows[:6], 0.1)[1]}) == 1  # two users: one held out
+def test_split_by_user_is_disjoint_deterministic_and_stable():
+    rows = [{"user_id": f"u{u}", "id": f"q{u}-{j}"} for u in range(60) for j in range(3)]
+    partition = UserPartition(validation_share=0.1, held_out_share=0.45)
+    parts = split_by_user(rows, partition)
+    users = {name: {r["user_id"] for r in part} for name, part in parts.items()}
+    assert not users["train"] & users["validation"] and not users["train"] & users["report"]
+    assert not users["validation"] & users["report"] and sum(map(len, parts.values())) == len(rows)
+    assert all(users.values())
+    assert split_by_user(rows, partition) == parts
+    # a user's part depends on its id alone: dropping other users moves nobody
+    fewer = split_by_user(rows[::2][:40], partition)
+    for name, part in fewer.items():
+        assert {r["user_id"] for r in part} <= users[name]
+    # the judge trains on the reward model's reported users and is reported on its training users
+    judge = split_by_user(rows, partition, role="judge")
+    assert judge["train"] == parts["report"] and judge["report"] == parts["train"]
+    assert judge["validation"] == parts["validation"]
+
+
+def test_kind_weights_subsample_and_repeat():
+    assert parse_kind_weights("a=1, b=0.5,c=2") == {"a": 1.0, "b": 0.5, "c": 2.0}
+    for bad in ("a", "a=x", "a=-1", "=1"):
+        with pytest.raises(PrlmError, match="KIND=WEIGHT"):
+            parse_kind_weights(bad)
+    rows = [{"kind": k, "id": i} for k in ("a", "b", "c") for i in range(400)]
+    out = weight_kinds(rows, {"b": 0.25, "c": 2})
+    count = {k: sum(r["kind"] == k for r in out) for k in "abc"}
+    assert count["a"] == 400 and count["c"] == 800 and 70 <= count["b"] <= 130
+    assert weight_kinds(rows, {"b": 0.25, "c": 2}) == out  # deterministic
 
 
 def test_pairwise_metrics_and_bootstrap_interval():
@@ -127,6 +150,9 @@ def test_pairwise_metrics_and_bootstrap_interval():
     assert m["accuracy"] == 0.75 and m["margin"] == pytest.approx(0.75) and m["n"] == 4
     assert m["accuracy_ci"][0] <= 0.75 <= m["accuracy_ci"][1] and 0 <= m["accuracy_ci"][0]
     assert m["margin_ci"][0] <= 0.75 <= m["margin_ci"][1]
+    assert m["ties"] == 0 and m["lower_or_keep"] == 0.75
+    tied = pairwise_metrics([1.0, 2.0, 0.5], [1.0, 1.0, 1.0], samples=50)
+    assert tied["accuracy"] == pytest.approx(1 / 3) and tied["ties"] == 1 and tied["lower_or_keep"] == pytest.approx(2 / 3)
 
 
 # --- training, save and load ---------------------------------------------------
@@ -139,22 +165,36 @@ def test_training_reports_each_epoch_and_keeps_the_best(trained):
         assert 0 <= e["val_accuracy"] <= 1 and e["val_margin"] is not None and e["val_loss"] > 0
     best = max(e["val_accuracy"] for e in saved["epochs"])
     assert saved["best_epoch"] in [e["epoch"] for e in saved["epochs"] if e["val_accuracy"] == best]
-    assert saved["validation"]["accuracy"] == pytest.approx(best)  # the kept checkpoint is the best epoch
+    assert saved["selection"]["accuracy"] == pytest.approx(best)  # the kept checkpoint is the best epoch
     assert saved["backbone"] == cfg.backbone and saved["max_length"] == 32 and saved["context_entries"] == 0
-    assert saved["pairs"] == {"total": 40, "train": 32, "validation": 8} and len(saved["users"]["validation"]) == 4
+    parts = split_by_user(rows, cfg.partition)
+    assert saved["pairs"] == {"total": 40, "train": len(parts["train"]), "validation": len(parts["validation"]),
+                              "report": len(parts["report"])}
+    assert saved["users"]["validation"] == sorted({r["user_id"] for r in parts["validation"]})
     assert saved["train_config"]["lr"] == 2e-3 and saved["environment"]["versions"]["trl"]
     # the signal is learnable: the first epoch's validation loss is above the best epoch's
     assert min(e["val_loss"] for e in saved["epochs"]) < math.log(2)
+
+
+def test_reported_accuracy_is_not_the_one_that_chose_the_epoch(trained):
+    """Issue 12: the reported figure used to be the accuracy of the epoch chosen on those same pairs. Now the
+    epoch is chosen on validation users and the reported accuracy is on users that did neither."""
+    cfg, result, rows = trained
+    saved = json.loads((__import__("pathlib").Path(cfg.out) / RM_CONFIG_NAME).read_text())
+    reported = set(saved["users"]["report"])
+    assert reported and saved["held_out"]["n"] == sum(r["user_id"] in reported for r in rows)
+    assert not reported & set(saved["users"]["validation"]) and not reported & set(saved["users"]["train"])
+    assert "validation" not in saved  # the old, optimistic figure is no longer written under a reportable name
 
 
 def test_save_load_round_trip_reproduces_scores_and_metrics(trained, tmp_path):
     cfg, result, rows = trained
     rm = load_reward_model(cfg.out)
     assert rm.model.device.type == "cpu" and not rm.model.training
-    _, val = split_by_user(rows, cfg.val_fraction, cfg.seed)
-    again = evaluate_pairs(rm, val, batch_size=3)
-    assert again["accuracy"] == pytest.approx(result["validation"]["accuracy"])
-    assert again["margin"] == pytest.approx(result["validation"]["margin"], abs=1e-5)
+    held = split_by_user(rows, cfg.partition)["report"]
+    again = evaluate_pairs(rm, held, batch_size=3)
+    assert again["accuracy"] == pytest.approx(result["held_out"]["accuracy"])
+    assert again["margin"] == pytest.approx(result["held_out"]["margin"], abs=1e-5)
     # re-saving and loading gives the very same scores
     copy = tmp_path / "copy"
     save_reward_model(copy, rm.model, rm.tokenizer, {k: v for k, v in rm.config.items()
@@ -170,6 +210,20 @@ def test_batching_does_not_change_scores(trained):
     inputs = [f"input {'long ' * i}" for i in range(7)]
     answers = [f"answer {i}" for i in range(7)]
     assert rm.score(inputs, answers, batch_size=2) == pytest.approx(rm.score(inputs, answers, batch_size=7), abs=1e-5)
+
+
+def test_pairs_that_encode_the_same_are_not_trained_on(tmp_path, tiny_backbone):
+    """The embedded MiniLM tokenizer is uncased: a case flip is no change to it, so such pairs are dropped."""
+    rows = signal_pairs(n_users=20, per_user=1)
+    rows += [{**r, "pair_id": r["pair_id"] + "-case", "kind": "casing", "chosen": "mingw: fix", "rejected": "Mingw: fix"}
+             for r in rows]
+    cfg = TrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"), backbone=tiny_backbone,
+                      max_length=32, batch_size=8, epochs=1, device="cpu")
+    result = train_reward_model(cfg, progress=False)
+    parts = split_by_user(rows, cfg.partition)
+    casing = sum(r["kind"] == "casing" for r in parts["train"] + parts["validation"])
+    assert result["dropped_identical_after_tokenization"] == {"casing": casing} and casing > 0
+    assert result["pairs"]["train"] == len(parts["train"])  # counted before dropping: the file's pairs
 
 
 def test_context_option_is_saved_and_required(tmp_path, tiny_backbone):
@@ -267,7 +321,7 @@ def test_train_config_from_yaml_and_flags(tmp_path):
 
 def test_eval_and_score_cli(trained, tmp_path, capsys):
     cfg, _, rows = trained
-    assert main(["rm", "eval", "--model", cfg.out, "--pairs", cfg.pairs, "--samples", "200",
+    assert main(["rm", "eval", "--model", cfg.out, "--pairs", cfg.pairs, "--samples", "200", "--users", "all",
                  "--out", str(tmp_path / "eval.json")]) == 0
     out = capsys.readouterr().out
     assert "40 pairs" in out and "pairwise accuracy" in out and "mean margin" in out

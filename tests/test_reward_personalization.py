@@ -59,6 +59,33 @@ def test_ordinary_answers_are_not_penalized():
         assert degenerate_reason(answer) == "", answer
 
 
+@pytest.mark.parametrize("answer", ["title", "text", "user", "then", "the subject line", "headline",
+                                    "Update the user guide text", "Then write tests", "the title only"])
+def test_ordinary_words_of_the_instructions_are_not_parroting(answer):
+    # Before issue 14 any answer contained word for word in an instruction was penalized ("title" is in
+    # "Reply with the title only."): real subject lines use these words.
+    assert degenerate_reason(answer) == ""
+
+
+@pytest.mark.parametrize("answer", ["Reply with the subject line only.", "reply with the headline only",
+                                    "The user ... The text is about ...",
+                                    "Then write the subject line this user would write inside",
+                                    "Then write the subject line this user would write",  # six words or more copied
+                                    "Sure. Reply with the title only."])  # contains a template phrase
+def test_template_phrases_are_parroting(answer):
+    assert degenerate_reason(answer) == "parrots the prompt's instructions"
+
+
+def test_the_degenerate_check_reads_the_scored_answer(rm_path):
+    """The first <answer> is the one parse_completion extracts and the model scores; the check reads the same."""
+    reward = PersonalizationReward(rm_path, penalty=-0.5)
+    bad_first = "</think><answer><think>fix it</answer> more <answer>fix it</answer>"
+    good_first = "</think><answer>fix it</answer> more <answer><think>fix it</answer>"
+    assert reward.extract([bad_first])[1] == ["<think> inside the answer"]
+    answers, reasons = reward.extract([good_first])
+    assert answers == ["fix it"] and reasons == [""]
+
+
 def test_lazy_loading_and_pickling(rm_path):
     reward = PersonalizationReward(rm_path, device="cpu")
     assert reward._rm is None  # nothing loaded at construction

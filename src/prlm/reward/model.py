@@ -1,14 +1,19 @@
 """The personalization reward model: an encoder over (input, answer) with a scalar head.
 
 * Model: ``AutoModelForSequenceClassification(num_labels=1)`` over the text
-  pair ``(input [+ top profile entries], answer)``; the default backbone is
+  pair ``([user's past outputs ; ...] [SEP] input, answer)`` (the context part
+  only with ``context_entries`` > 0); the default backbone is
   the embedded MiniLM (``minilm``), the paper's is ``bert-base-uncased``.
   Segment ids are not used (TRL's preference collator passes only
   ``input_ids`` and ``attention_mask``); scoring encodes exactly as training.
 * Training: TRL's ``RewardTrainer`` (the transformers ``Trainer`` with the
   Bradley-Terry loss ``-log sigmoid(s(x, y+) - s(x, y-))``) on pre-tokenized
-  ``chosen_ids``/``rejected_ids``; validation on held-out *users* after each
-  epoch, the best epoch (pairwise accuracy) is kept.
+  ``chosen_ids``/``rejected_ids``. Users are split by a hash of their id
+  (:mod:`prlm.reward.users`): the model trains on one group, chooses its epoch
+  (pairwise accuracy) on the ``validation`` group, and its reported accuracy
+  (``held_out`` in the saved config) is on a third group that did neither; the
+  accuracy on the validation pairs is kept as ``selection`` only, since the
+  epoch was chosen on it. Pair kinds can be mixed with sampling weights.
 * Checkpoint folder: the model, its tokenizer and ``prlm_rm_config.json``
   (backbone, max length, context option, training metrics). Loading checks
   that folder and turns mismatches into one-line :class:`prlm.PrlmError`.
@@ -31,8 +36,9 @@ from typing import Sequence
 import numpy as np
 
 from prlm import PrlmError
-from prlm.config import opt
+from prlm.config import check_choice, opt
 from prlm.io import atomic_write_json
+from prlm.reward.users import ROLES, UserPartition
 
 RM_CONFIG_NAME = "prlm_rm_config.json"
 RM_FORMAT = "prlm-reward-model"
@@ -45,17 +51,26 @@ class TrainConfig:
     backbone: str = opt("minilm", "Encoder: 'minilm' (embedded), 'bert-base-uncased' (the paper's), a local folder "
                         "or a Hugging Face id.")
     max_length: int = opt(256, "Token limit of one (input, answer) pair; the input side is cut first.")
-    context_entries: int = opt(0, "Retrieved profile entries (the pairs' 'context') added to the input side; "
-                               "0 scores (input, answer) alone, as the paper does.")
+    context_entries: int = opt(0, "Profile context items (the pairs' 'context': the user's past outputs) put before "
+                               "the input, within max_length; 0 scores (input, answer) alone, as the paper does.")
     kinds: str = opt("", "Train only on these pair kinds, comma separated (empty = every pair in the file).")
+    kind_weights: str = opt("", "Sampling weight per pair kind, e.g. 'own-vs-other-user=1,preamble=0.3': each "
+                            "epoch's training pairs of a kind are subsampled (weight < 1) or repeated (> 1), "
+                            "deterministically; kinds not named keep weight 1.")
+    role: str = opt("reward", "'reward': train on the partition's rm-train users, report on held-out users; "
+                    "'judge': the separate evaluation model, trained on held-out users, reported on rm-train users.")
     batch_size: int = opt(64, "Pairs per training batch (the paper's 64).")
     eval_batch_size: int = opt(64, "Pairs per validation batch.")
     lr: float = opt(5e-5, "Learning rate (the paper's 5e-5).")
     epochs: float = opt(3.0, "Training epochs (the paper's 3).")
-    val_fraction: float = opt(0.1, "Share of users held out for validation (the paper's 90/10 split, here by user).")
-    seed: int = opt(0, "Seed for the user split, the head's initialization and the data order.")
+    val_fraction: float = opt(0.1, "Share of users (by a hash of user_id) that choose the epoch; never reported.")
+    held_out_share: float = opt(0.45, "Share of users (by a hash of user_id) held out from the reward model: its "
+                                "figures are reported on them, and the judge trains on them.")
+    seed: int = opt(0, "Seed for the head's initialization, the kind subsampling and the data order.")
     device: str = opt("auto", "'cpu', 'cuda' or 'auto' (CUDA when available).")
     bf16: bool = opt(False, "bf16 mixed precision (GPU only).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass (TRL's default is on; "
+                                       "it saves memory a small encoder does not need, at about a third more time).")
     overwrite: bool = opt(False, "Replace an existing checkpoint folder.")
 
     def __post_init__(self):
@@ -76,6 +91,13 @@ class TrainConfig:
             raise PrlmError(f"epochs must be > 0, got {self.epochs}")
         if not 0 <= self.val_fraction < 1:
             raise PrlmError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_choice("role", self.role, ROLES)
+        self.partition  # validates the shares
+        parse_kind_weights(self.kind_weights)
+
+    @property
+    def partition(self) -> UserPartition:
+        return UserPartition(validation_share=self.val_fraction, held_out_share=self.held_out_share)
 
 
 @dataclass
@@ -88,17 +110,30 @@ class RMEvalConfig:
     samples: int = opt(1000, "Bootstrap resamples of the pairs for the 95 percent intervals.")
     seed: int = opt(0, "Bootstrap seed.")
     backbone: str = opt("", "When set, the checkpoint must have been trained from this backbone.")
+    users: str = opt("unseen", "'unseen': only pairs of users that neither trained the checkpoint nor chose its "
+                     "epoch (the figures to report); 'all': every pair.")
     out: str = opt("", "JSON file to write the metrics and per-pair scores to (optional).")
+    results: str = opt("", "JSON file of report rows to write (one per pair kind: data, split, pairs, n, accuracy, "
+                       "lo, hi, model, command), e.g. results/reward-model/NAME.json.")
+    data: str = opt("", "Dataset name written in the report rows (default: the name of the pairs file's folder).")
+    name: str = opt("", "Model name written in the report rows (default: the checkpoint folder's name).")
+    context: str = opt("own", "A check that a context model reads the user: 'own' (as trained), 'other-user' (each "
+                       "pair gets the context of a pair of another user), or 'none' (no context).")
 
     def __post_init__(self):
         if not self.model:
             raise PrlmError("model is required: pass --model CHECKPOINT (from `prlm rm train`)")
+        check_choice("users", self.users, ("unseen", "all"))
+        check_choice("context", self.context, CONTEXT_CHECKS)
         if not self.pairs:
             raise PrlmError("pairs is required: pass --pairs FILE.jsonl")
         if self.batch_size < 1:
             raise PrlmError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.samples < 1:
             raise PrlmError(f"samples must be at least 1, got {self.samples}")
+
+
+CONTEXT_CHECKS = ("own", "other-user", "none")
 
 
 # --- loss and split ----------------------------------------------------------
@@ -110,32 +145,55 @@ def bradley_terry_loss(chosen, rejected):
     return -torch.nn.functional.logsigmoid(torch.as_tensor(chosen) - torch.as_tensor(rejected)).mean()
 
 
-def split_by_user(rows: Sequence[dict], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Deterministic train/validation split of pairs by user: no user is on both sides.
+def split_by_user(rows: Sequence[dict], partition: UserPartition, role: str = "reward") -> dict[str, list[dict]]:
+    """Pairs by use for a model of `role`: {'train', 'validation', 'report'}, by the user partition (a hash of
+    user_id, so a user is in the same part in every file); no user is in two parts."""
+    return partition.split_rows(rows, role)
 
-    Users are shuffled with a seeded generator and the first ``round(share * users)``
-    (at least one when there are two users or more) go to validation.
-    """
-    users = sorted({str(r["user_id"]) for r in rows})
-    random.Random(f"prlm-rm-split|{seed}").shuffle(users)
-    n_val = 0
-    if val_fraction > 0 and len(users) >= 2:
-        n_val = min(len(users) - 1, max(1, round(val_fraction * len(users))))
-    val_users = set(users[:n_val])
-    train = [r for r in rows if str(r["user_id"]) not in val_users]
-    val = [r for r in rows if str(r["user_id"]) in val_users]
-    return train, val
+
+def parse_kind_weights(text: str) -> dict[str, float]:
+    """'a=1,b=0.3' -> {'a': 1.0, 'b': 0.3}; errors say what is wrong."""
+    weights = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name.strip() or weight < 0:
+            raise PrlmError(f"kind_weights: '{item}' is not KIND=WEIGHT with a weight >= 0 "
+                            "(e.g. 'own-vs-other-user=1,preamble=0.3')")
+        weights[name.strip()] = weight
+    return weights
+
+
+def weight_kinds(rows: Sequence[dict], weights: dict[str, float], seed: int = 0) -> list[dict]:
+    """Rows resampled by kind: a weight w keeps each row floor(w) times plus once more with probability
+    frac(w) (a seeded draw per row), so a kind's expected count is w times its count."""
+    if not weights:
+        return list(rows)
+    rng = random.Random(f"prlm-rm-kinds|{seed}")
+    out = []
+    for row in rows:
+        weight = weights.get(row.get("kind", ""), 1.0)
+        copies = int(weight) + (rng.random() < weight - int(weight))
+        out.extend([row] * copies)
+    return out
 
 
 # --- encoding ----------------------------------------------------------------
 
 def first_segment(tokenizer, text: str, context: Sequence[str] | None, context_entries: int) -> str:
-    """The input side: the input, then up to `context_entries` profile entries (cut first when too long)."""
+    """The input side: up to `context_entries` profile items, then the input.
+
+    The context comes first so that truncation (which cuts the end of the longer side) shortens the input's
+    body, not the user's profile.
+    """
     entries = list(context or [])[:context_entries]
     if not entries:
         return text
-    joiner = f" {tokenizer.sep_token} " if getattr(tokenizer, "sep_token", None) else "\n"
-    return joiner.join([text, *entries])
+    sep = f" {tokenizer.sep_token} " if getattr(tokenizer, "sep_token", None) else "\n"
+    return " ; ".join(entries) + sep + text
 
 
 def encode_pairs(tokenizer, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None,
@@ -292,11 +350,30 @@ def save_reward_model(out: str | Path, model, tokenizer, rm_config: dict, overwr
 
 # --- evaluation --------------------------------------------------------------
 
-def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def swap_contexts(rows: Sequence[dict], mode: str) -> list[dict]:
+    """Rows with their context replaced: 'none' empties it; 'other-user' gives each row the context of the next
+    row (in user order) that belongs to another user. 'own' leaves them as they are."""
+    if mode == "own":
+        return list(rows)
+    if mode == "none":
+        return [{**r, "context": []} for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (str(rows[i]["user_id"]), i))
+    out = list(rows)
+    for pos, i in enumerate(order):
+        donor = next((order[(pos + step) % len(order)] for step in range(1, len(order))
+                      if rows[order[(pos + step) % len(order)]]["user_id"] != rows[i]["user_id"]), None)
+        if donor is None:
+            raise PrlmError("context 'other-user' needs pairs of at least two users")
+        out[i] = {**rows[i], "context": rows[donor].get("context") or []}
+    return out
+
+
+def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32,
+                allow_empty_context: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the chosen and the rejected side of each pair (one batched pass)."""
     inputs = [r["input"] for r in rows]
     contexts = [r.get("context") or [] for r in rows] if rm.context_entries else None
-    if rm.context_entries and not any(contexts):
+    if rm.context_entries and not any(contexts) and not allow_empty_context:
         raise PrlmError(f"this reward model uses {rm.context_entries} profile entries but the pairs carry no "
                         "'context'; make them with `prlm rm pairs`")
     answers = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
@@ -304,24 +381,32 @@ def pair_scores(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32) -> 
     return scores[:len(rows)], scores[len(rows):]
 
 
+TIE_TOLERANCE = 1e-6  # scores this close come from the same encoded text, up to float noise
+
+
 def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], samples: int = 1000,
                      seed: int = 0) -> dict:
-    """Pairwise accuracy (share of pairs with s(y+) > s(y-)) and mean margin, with bootstrap 95% intervals."""
+    """Pairwise accuracy (share of pairs with s(y+) > s(y-)) and mean margin, with bootstrap 95% intervals;
+    also the ties (equal scores: an uncased tokenizer sees a case change as no change) and the share
+    `lower_or_keep` of pairs whose rejected side does not score above the chosen one."""
     from prlm.evaluation import paired_bootstrap
 
     chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
-    correct = (chosen > rejected).astype(float)
+    diff = chosen - rejected
+    correct = (diff > TIE_TOLERANCE).astype(float)
+    ties = np.abs(diff) <= TIE_TOLERANCE
     # accuracy = mean(correct) - 0 and margin = mean(chosen) - mean(rejected), both resampled by pair.
     acc = paired_bootstrap(np.zeros_like(correct), correct, metric="pairwise accuracy", samples=samples, seed=seed)
     margin = paired_bootstrap(rejected, chosen, metric="mean margin", samples=samples, seed=seed)
     return {"n": int(correct.size), "accuracy": acc.diff, "accuracy_ci": [acc.low, acc.high],
-            "margin": margin.diff, "margin_ci": [margin.low, margin.high], "samples": samples, "seed": seed}
+            "margin": margin.diff, "margin_ci": [margin.low, margin.high], "ties": int(ties.sum()),
+            "lower_or_keep": float((correct + ties).mean()) if correct.size else 0.0, "samples": samples, "seed": seed}
 
 
 def evaluate_pairs(rm: RewardModel, rows: Sequence[dict], batch_size: int = 32, samples: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, allow_empty_context: bool = False) -> dict:
     """Pairwise accuracy and mean margin of a reward model on pairs, overall and per kind."""
-    chosen, rejected = pair_scores(rm, rows, batch_size)
+    chosen, rejected = pair_scores(rm, rows, batch_size, allow_empty_context)
     result = pairwise_metrics(chosen, rejected, samples, seed)
     kinds = sorted({r.get("kind", "") for r in rows})
     if len(kinds) > 1:
@@ -348,14 +433,61 @@ def read_pairs_of_kinds(path, kinds: str) -> list[dict]:
     return rows
 
 
-def run_rm_eval(cfg: RMEvalConfig) -> dict:
-    """`prlm rm eval`: metrics of a checkpoint on a pairs file (written to `cfg.out` when set)."""
+# Report names of the pair kinds (docs/results.json's `reward_model` rows).
+REPORT_NAMES = {"gold-vs-other-user": "own-vs-other-user", "rag-vs-no-profile": "with-vs-without-profile",
+                "gold-vs-no-profile": "own-vs-no-profile"}
+
+
+def seen_users(rm_config: dict) -> set[str]:
+    """Users that trained a checkpoint or chose its epoch (from its prlm_rm_config.json)."""
+    users = rm_config.get("users", {})
+    lists = [users.get("train"), users.get("validation")]
+    if not all(isinstance(x, list) for x in lists):
+        raise PrlmError("this checkpoint does not list its training users (trained before issue 14); "
+                        "pass --users all, or train it again")
+    return {str(u) for x in lists for u in x}
+
+
+def unseen_rows(rows: Sequence[dict], rm_config: dict) -> list[dict]:
+    seen = seen_users(rm_config)
+    kept = [r for r in rows if str(r["user_id"]) not in seen]
+    if not kept:
+        raise PrlmError("every pair belongs to a user the checkpoint trained on or chose its epoch on; "
+                        "evaluate on other users, or pass --users all")
+    return kept
+
+
+def report_rows(result: dict, rows: Sequence[dict], data: str, model: str, command: str) -> list[dict]:
+    """One row per pair kind: {data, split, pairs, n, accuracy, lo, hi, model, command}."""
+    kinds = result.get("by_kind") or {rows[0].get("kind", ""): result}
+    splits = sorted({str(r.get("split", "")) for r in rows})
+    split = splits[0] if len(splits) == 1 else ",".join(splits)
+    return [{"data": data, "split": split, "pairs": REPORT_NAMES.get(kind, kind), "n": m["n"],
+             "accuracy": round(m["accuracy"], 4), "lo": round(m["accuracy_ci"][0], 4),
+             "hi": round(m["accuracy_ci"][1], 4), "model": model, "command": command}
+            for kind, m in sorted(kinds.items())]
+
+
+def run_rm_eval(cfg: RMEvalConfig, command: str = "") -> dict:
+    """`prlm rm eval`: metrics of a checkpoint on a pairs file (written to `cfg.out` when set), per kind, on the
+    users it never saw by default; report rows to `cfg.results` when set."""
 
     started = time.time()
     rows = read_pairs_of_kinds(cfg.pairs, cfg.kinds)
     rm = load_reward_model(cfg.model, device=cfg.device, backbone=cfg.backbone or None)
-    result = evaluate_pairs(rm, rows, cfg.batch_size, cfg.samples, cfg.seed)
-    result.update(model=str(cfg.model), pairs=str(cfg.pairs), wall_time_s=round(time.time() - started, 1))
+    if cfg.users == "unseen":
+        rows = unseen_rows(rows, rm.config)
+    rows = swap_contexts(rows, cfg.context)
+    scoring_started = time.time()
+    result = evaluate_pairs(rm, rows, cfg.batch_size, cfg.samples, cfg.seed, allow_empty_context=cfg.context == "none")
+    scoring_s = time.time() - scoring_started
+    result.update(model=str(cfg.model), pairs=str(cfg.pairs), users=cfg.users, context=cfg.context,
+                  n_users=len({r["user_id"] for r in rows}), pairs_per_s=round(len(rows) / max(scoring_s, 1e-9), 2),
+                  torch_threads=_torch_threads(), wall_time_s=round(time.time() - started, 1))
+    if cfg.results:
+        data = cfg.data or Path(cfg.pairs).resolve().parent.name
+        result["report_rows"] = report_rows(result, rows, data, cfg.name or Path(cfg.model).name, command)
+        atomic_write_json(cfg.results, result["report_rows"])
     if cfg.out:
         scores = result.pop("scores")
         atomic_write_json(cfg.out, {**result, "per_pair": [
@@ -363,6 +495,12 @@ def run_rm_eval(cfg: RMEvalConfig) -> dict:
              "chosen_score": c, "rejected_score": j} for r, c, j in zip(rows, scores["chosen"], scores["rejected"])]})
         result["scores"] = scores
     return result
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _pair_trainer_class():
@@ -424,7 +562,13 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
         missing = next(i for i, r in enumerate(rows) if not r.get("context"))
         raise PrlmError(f"{cfg.pairs}: pair {missing + 1} ('{rows[missing].get('pair_id', rows[missing]['id'])}') "
                         "has no 'context' entries, needed for context_entries > 0")
-    train_rows, val_rows = split_by_user(rows, cfg.val_fraction, cfg.seed)
+    parts = split_by_user(rows, cfg.partition, cfg.role)
+    train_rows = weight_kinds(parts["train"], parse_kind_weights(cfg.kind_weights), cfg.seed)
+    val_rows, report_rows = parts["validation"], parts["report"]
+    if not train_rows:
+        raise PrlmError(f"{cfg.pairs}: no pair belongs to the users a '{cfg.role}' model trains on "
+                        f"({len({r['user_id'] for r in rows})} user(s) in the file); use a file with more users "
+                        "or lower val_fraction / held_out_share")
 
     path = resolve_encoder_path(cfg.backbone)
     set_seed(cfg.seed)  # the head is initialized at random when the model is built
@@ -435,14 +579,22 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
 
+    dropped_identical: dict[str, int] = {}
+
     def to_dataset(part: Sequence[dict]):
         inputs = [r["input"] for r in part]
         contexts = [r.get("context") for r in part]
         args = (contexts, cfg.context_entries, cfg.max_length)
-        return Dataset.from_dict({
-            "chosen_ids": encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args),
-            "rejected_ids": encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args),
-        })
+        chosen = encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args)
+        rejected = encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args)
+        # Sides that encode to the same tokens (a case change under an uncased tokenizer, a sign-off cut by
+        # max_length) teach nothing and would count as errors in validation: dropped, and counted.
+        keep = [i for i in range(len(part)) if chosen[i] != rejected[i]]
+        for i in set(range(len(part))) - set(keep):
+            kind = part[i].get("kind", "")
+            dropped_identical[kind] = dropped_identical.get(kind, 0) + 1
+        return Dataset.from_dict({"chosen_ids": [chosen[i] for i in keep],
+                                  "rejected_ids": [rejected[i] for i in keep]})
 
     has_val = bool(val_rows)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.trainer-", dir=_mkdir(out.parent)))
@@ -464,6 +616,7 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
         report_to=[],
         use_cpu=use_cpu,
         bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         seed=cfg.seed,
         data_seed=cfg.seed,
         max_length=None,  # pairs are truncated when encoded, never dropped
@@ -488,17 +641,28 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
         "context_entries": cfg.context_entries,
         "train_config": asdict(cfg),
         "pairs_file": str(cfg.pairs),
-        "pairs": {"total": len(rows), "train": len(train_rows), "validation": len(val_rows)},
-        "users": {"train": len({r["user_id"] for r in train_rows}),
-                  "validation": sorted({str(r["user_id"]) for r in val_rows})},
+        "role": cfg.role,
+        "task": next((r["task"] for r in rows if r.get("task")), None),
+        "dropped_identical_after_tokenization": dropped_identical,
+        "partition": cfg.partition.as_dict(),
+        "pairs": {"total": len(rows), "train": len(train_rows), "validation": len(val_rows),
+                  "report": len(report_rows)},
+        "users": {"train": sorted({str(r["user_id"]) for r in train_rows}),
+                  "validation": sorted({str(r["user_id"]) for r in val_rows}),
+                  "report": sorted({str(r["user_id"]) for r in report_rows})},
         "epochs": history,
         "best_epoch": _best_epoch(history, best_checkpoint, steps_per_epoch),
     }
     rm = RewardModel(model, tokenizer, {**rm_config, "model_type": model.config.model_type},
                      device="cpu" if use_cpu else _resolve_device(cfg.device))
     if has_val:
-        rm_config["validation"] = {k: v for k, v in evaluate_pairs(rm, val_rows, cfg.eval_batch_size).items()
-                                   if k != "scores"}
+        # The epoch was chosen on these pairs, so their accuracy is optimistic: kept as `selection`, not reported.
+        rm_config["selection"] = {k: v for k, v in evaluate_pairs(rm, val_rows, cfg.eval_batch_size).items()
+                                  if k != "scores"}
+    if report_rows:
+        # The reported figure: users that neither trained the model nor chose its epoch.
+        rm_config["held_out"] = {k: v for k, v in evaluate_pairs(rm, report_rows, cfg.eval_batch_size).items()
+                                 if k != "scores"}
     rm_config["wall_time_s"] = round(time.time() - started, 1)
     rm_config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rm_config["environment"] = environment()

@@ -16,11 +16,24 @@ returns ``sigmoid(score)`` in (0, 1). Degenerate answers get ``penalty``
 instead (default 0.0, the bottom of the sigmoid's range):
 
 * an empty answer, or one without a letter or digit (``...``);
-* an answer whose ``<answer>`` section still holds ``<think>``/``</think>``;
-* template parroting: an answer equal to, or contained word for word in,
-  an instruction text of the prompts (``prompts.instruction`` for every task
-  and style, e.g. "Reply with the subject line only." or the reasoning
-  prompt's format example "The user ... The text is about ...").
+* an answer whose first ``<answer>`` section (the one that is scored, as
+  ``parse_completion`` reads the first) still holds ``<think>``/``</think>``;
+* template parroting: an answer that equals a whole instruction of the
+  prompts (``prompts.instruction`` for every task and style), equals or
+  contains one of its template phrases (a sentence or line of three words or
+  more, e.g. "Reply with the subject line only." or the format example "The
+  user ... The text is about ..."), or copies six words or more of an
+  instruction in a row. Ordinary words of the instructions ("title", "text",
+  "user", "then", "the subject line") are not parroting: real outputs use them.
+
+The penalty for empty answers. The authors give an empty answer -10 before
+weighting (-1 after their 0.1 weight). We keep 0.0 by default, the bottom of
+the sigmoid's range, and leave the authors' value one option away
+(``penalty=-10``): an empty answer already scores 0 on the accuracy reward and
+on the format reward's answer check, so it is last in its group anyway, while
+a -10 outlier inflates the group's standard deviation in GRPO's
+normalization and so shrinks the advantages that separate the non-empty
+answers of the same group, which is where the learning signal is.
 
 The model is loaded on first call on the device given to the constructor
 (default cpu), never at import or construction time, and is dropped when the
@@ -53,8 +66,44 @@ def _instruction_texts() -> tuple[str, ...]:
     return tuple(sorted(texts))
 
 
+MIN_PHRASE_WORDS = 3  # a template phrase: a sentence or line of an instruction with at least this many words
+MIN_COPIED_WORDS = 6  # this many words of an instruction in a row is a copy, not a coincidence
+
+
+@lru_cache(maxsize=1)
+def _template_phrases() -> tuple[str, ...]:
+    """The sentences and lines of the instructions (tags removed) long enough to be a clear template phrase."""
+    phrases = set()
+    for text in _instruction_texts():
+        for part in re.split(r"(?<=[.:!?])\s+|\n|</?\w+>", text):
+            words = _words(part)
+            if len(words) >= MIN_PHRASE_WORDS:
+                phrases.add(" ".join(words))
+    return tuple(sorted(phrases))
+
+
 def _normalize(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words and '...' ellipses, punctuation and tags dropped (so 'only.' matches 'only')."""
+    return re.findall(r"\.\.\.|[^\W_]+(?:['-][^\W_]+)*", re.sub(r"</?\w+>", " ", text.lower()))
+
+
+def parrots_instructions(answer: str) -> bool:
+    """Whether an answer copies the prompt's instructions rather than answering (see the module docstring)."""
+    words = _words(answer)
+    if not words:
+        return False
+    joined = f" {' '.join(words)} "
+    if any(" ".join(_words(text)) == joined.strip() for text in _instruction_texts()):
+        return True
+    if any(f" {phrase} " in joined for phrase in _template_phrases()):
+        return True
+    if len(words) >= MIN_COPIED_WORDS:
+        return any(joined in f" {' '.join(_words(text))} " for text in _instruction_texts())
+    return False
 
 
 def completion_text(completion: Any) -> str:
@@ -70,8 +119,9 @@ def completion_text(completion: Any) -> str:
 
 
 def _answer_section(full: str) -> str:
+    """The text of the first <answer> section: the one parse_completion extracts and the reward scores."""
     lower = full.lower()
-    start = lower.rfind("<answer>")
+    start = lower.find("<answer>")
     if start == -1:
         return ""
     rest = full[start + len("<answer>"):]
@@ -88,9 +138,7 @@ def degenerate_reason(answer: str, raw_answer_section: str = "") -> str:
     section = raw_answer_section.lower()
     if "<think" in section or "</think" in section:
         return "<think> inside the answer"
-    norm = _normalize(answer)
-    pattern = re.compile(r"(?<!\w)" + re.escape(norm) + r"(?!\w)")
-    if any(pattern.search(text) for text in _instruction_texts()):
+    if parrots_instructions(answer):
         return "parrots the prompt's instructions"
     return ""
 
