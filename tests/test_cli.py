@@ -85,3 +85,24 @@ def test_data_synth_and_check(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     stats = [json.loads(line) for line in lines if line.startswith("{")]
     assert [s["questions"] for s in stats] == [10, 5, 5]
+
+
+def test_serve_without_the_serving_extra_says_how_to_install(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prlm.serving.app", None)  # as if fastapi were missing
+    assert main(["serve", "--model", "smollm2-135m"]) == 2
+    assert "pip install 'prlm[serve]'" in capsys.readouterr().err
+
+
+def test_tensorboard_logging_without_the_extra_is_refused(monkeypatch, tmp_path):
+    import importlib.util
+
+    from prlm.training.config import TrainConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    data = write_lamp(tmp_path / "data", split="train")
+    with pytest.raises(PrlmError, match="report_to: none"):
+        TrainConfig(task="LaMP-4", data=str(data), out=str(tmp_path / "o"), w_pers=0.0)
+    TrainConfig(task="LaMP-4", data=str(data), out=str(tmp_path / "o"), w_pers=0.0, report_to="none")

@@ -184,7 +184,11 @@ def _cmd_report(args) -> None:
 
 
 def _cmd_serve(args) -> None:
-    from prlm.serving.app import serve
+    try:
+        from prlm.serving.app import serve
+    except ModuleNotFoundError as err:
+        raise PrlmError(f"prlm serve needs the serving extra ({err.name} is not installed): "
+                        "pip install 'prlm[serve]' (make installs it)") from err
     from prlm.serving.config import ServeConfig
 
     serve(config_from_args(ServeConfig, args))

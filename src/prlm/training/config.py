@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,9 @@ class TrainConfig(ProfileDataConfig):
             raise PrlmError("w_pers > 0 needs a reward model: pass --reward-model CKPT (from `prlm rm train`) or --w-pers 0")
         if min(self.w_acc, self.w_fmt, self.w_pers) < 0:
             raise PrlmError("reward weights must be >= 0")
+        if "tensorboard" in self.report_to.split(",") and importlib.util.find_spec("tensorboard") is None:
+            raise PrlmError("report_to: tensorboard needs the tensorboard extra: pip install 'prlm[tensorboard]' "
+                            "(make installs it), or set report_to: none")
         if self.temperature <= 0:
             raise PrlmError("temperature must be > 0: GRPO needs diverse samples within a group")
 
