@@ -341,3 +341,24 @@ def test_unseen_questions_follow_the_split_of_the_warmup_they_start_from(tiny_da
     with pytest.raises(PrlmError, match="--warmup-share 0.3"):
         TrainConfig(**base, warmup_share=0.5)
     assert TrainConfig(**base, warmup_share=0.3).warmup_share == 0.3
+
+
+def test_a_context_reward_model_gets_each_users_past_outputs(tiny_data, tmp_path):
+    from prlm.data import load_split
+    from prlm.training.grpo import reward_context_column
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "prlm_rm_config.json").write_text(json.dumps({"context_entries": 2}))
+    cfg = TrainConfig(task="synthetic", data=tiny_data, out=str(tmp_path / "o"), w_pers=0.1, reward_model=str(rm),
+                      report_to="none")
+    examples = load_split(tiny_data, "train", "synthetic").examples
+    contexts = reward_context_column(cfg, examples)
+    assert len(contexts) == len(examples)
+    for ex, context in zip(examples, contexts):
+        own_outputs = {e["title"] for e in ex.profile}
+        assert 0 < len(context) <= 2 and set(context) <= own_outputs  # only this user's past outputs
+    (rm / "prlm_rm_config.json").write_text(json.dumps({"context_entries": 0}))
+    assert reward_context_column(cfg, examples) is None
+    assert reward_context_column(TrainConfig(task="synthetic", data=tiny_data, out="o", w_pers=0.0,
+                                             report_to="none"), examples) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -48,11 +49,34 @@ def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
     """One row per training question: the reasoning prompt plus the columns the rewards read,
     and whether the warm-up trains on it (`warmup`)."""
     task = get_task(cfg.task)
-    return [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
+    prompted = list(prompted_examples(cfg, tokenizer, "prlm"))
+    rows = [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
              "retrieved_ids": [e["id"] for e in used],
              "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
              "warmup": in_warmup_share(ex.id, cfg.warmup_share)}
-            for ex, prompt, used in prompted_examples(cfg, tokenizer, "prlm")]
+            for ex, prompt, used in prompted]
+    contexts = reward_context_column(cfg, [ex for ex, _, _ in prompted])
+    if contexts is not None:
+        for row, context in zip(rows, contexts):
+            row["context"] = context
+    return rows
+
+
+def reward_context_column(cfg: TrainConfig, examples) -> list[list[str]] | None:
+    """The user's past outputs that a context reward model reads beside each answer (its 'context'
+    column), built as its training pairs were; None when the personalization term needs none."""
+    if not cfg.w_pers:
+        return None
+    rm_config = Path(cfg.reward_model) / "prlm_rm_config.json"
+    if not rm_config.is_file():
+        raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
+                        "train one with `prlm rm train`, or pass --w-pers 0")
+    entries = int(json.loads(rm_config.read_text(encoding="utf-8")).get("context_entries", 0))
+    if not entries:
+        return None
+    from prlm.reward.style_pairs import reward_contexts
+
+    return reward_contexts(cfg.task, [ex.input for ex in examples], [ex.profile for ex in examples], k=entries)
 
 
 def split_questions(cfg: TrainConfig, rows: list[dict]) -> tuple[list[dict], list[dict]]:
