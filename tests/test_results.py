@@ -125,7 +125,9 @@ def test_learning_curves_are_kept_tabled_and_plotted(tmp_path):
     rows += [{"step": s, "reward": 1.0 + s / 10} for s in range(1, 21)]
     rows += [{"step": 20, "dev/rougeL": 0.3, "dev/format_rate": 1.0, "dev/answer_words": 7.0}]
     (train / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (train / "dev_evals" / "step-0.jsonl").write_text("{}\n")
+    for step, scores in ((0, (0.1, 0.3)), (20, (0.3, 0.5))):
+        (train / "dev_evals" / f"step-{step}.jsonl").write_text(
+            "".join(json.dumps({"id": f"q{i}", "rougeL": s}) + "\n" for i, s in enumerate(scores)))
     with pytest.raises(PrlmError, match="train_log"):
         add_curve(tmp_path, tmp_path / "results", "ds", "prlm")
     root = tmp_path / "results"
@@ -136,6 +138,7 @@ def test_learning_curves_are_kept_tabled_and_plotted(tmp_path):
     md.write_text(f"{SECTION_BEGIN}\n{SECTION_END}\n")
     write_report(root, js, md, samples=10)
     text = md.read_text()
-    assert "| 20 (best) | 0.3000 | 1.000 | 7.0 | 2.550 |" in text and "| 0 | 0.2000 |" in text
+    assert "| 20 (best) | 0.3000 | +0.2000 [+0.2000, +0.2000] | 1.000 | 7.0 | 2.550 |" in text
+    assert "| 0 | 0.2000 | - |" in text
     assert (md.parent / curve_png("ds", "prlm")).is_file() and curve_png("ds", "prlm") in text
     assert load_records(root) == {}  # a curve is not an evaluation record

@@ -130,6 +130,24 @@ def load_curves(root: str | Path) -> dict[tuple[str, str], list[dict]]:
             for path in sorted(Path(root).glob(f"*/{CURVES}/*/train_log.jsonl"))}
 
 
+def curve_differences(folder: Path, samples: int) -> dict[int, tuple[float, float, float]]:
+    """Per evaluated step: dev ROUGE-L minus the start policy's on the same questions, with its paired
+    bootstrap interval (the curve's points are a few dozen questions: this says which moves are noise)."""
+    from prlm.io import read_jsonl
+
+    evals = {int(p.stem.split("-")[1]): {r["id"]: r["rougeL"] for r in read_jsonl(p)}
+             for p in (folder / "dev_evals").glob("step-*.jsonl")}
+    if 0 not in evals:
+        return {}
+    ids = sorted(evals[0])
+    out = {}
+    for step, scores in evals.items():
+        if step and set(scores) == set(ids):
+            result = paired_bootstrap([evals[0][i] for i in ids], [scores[i] for i in ids], samples=samples, seed=0)
+            out[step] = (result.diff, result.low, result.high)
+    return out
+
+
 def curve_png(data: str, name: str) -> str:
     """Where a curve's plot goes, relative to docs/."""
     return f"img/{data}-{name}-learning-curve.png"
@@ -258,9 +276,10 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
     return "\n".join(lines)
 
 
-def curves_markdown(curves: dict[tuple[str, str], list[dict]]) -> str:
+def curves_markdown(root: str | Path, curves: dict[tuple[str, str], list[dict]], samples: int) -> str:
     lines = []
     for (data, name), rows in sorted(curves.items()):
+        moves = curve_differences(Path(root) / data / CURVES / name, samples)
         dev = [r for r in rows if "dev/rougeL" in r]
         train = [r for r in rows if "reward" in r]
         lines += [f"### Learning curve: {name} on {data}", "",
@@ -268,13 +287,15 @@ def curves_markdown(curves: dict[tuple[str, str], list[dict]]) -> str:
                   "(the run's `dev_eval_limit`, in its train_config.json).", ""]
         if dev:
             best = max(dev, key=lambda r: r["dev/rougeL"])
-            lines += ["| step | dev ROUGE-L | dev format rate | answer words | mean training reward (last 10 steps) |",
-                      "|---|---|---|---|---|"]
+            lines += ["| step | dev ROUGE-L | minus step 0 [95% interval] | dev format rate | answer words | "
+                      "mean training reward (last 10 steps) |", "|---|---|---|---|---|---|"]
             for row in dev:
                 recent = [r["reward"] for r in train if row["step"] - 10 < r["step"] <= row["step"]]
                 mean = f"{sum(recent) / len(recent):.3f}" if recent else "-"
                 mark = " (best)" if row is best else ""
-                lines.append(f"| {row['step']}{mark} | {row['dev/rougeL']:.4f} | {row['dev/format_rate']:.3f} | "
+                move = moves.get(row["step"])
+                moved = f"{move[0]:+.4f} [{move[1]:+.4f}, {move[2]:+.4f}]" if move else "-"
+                lines.append(f"| {row['step']}{mark} | {row['dev/rougeL']:.4f} | {moved} | {row['dev/format_rate']:.3f} | "
                              f"{row.get('dev/answer_words', float('nan')):.1f} | {mean} |")
         lines += ["", f"![learning curve of {name} on {data}]({curve_png(data, name)})", ""]
     return "\n".join(lines)
@@ -295,7 +316,7 @@ def render_report(root: str | Path, markdown: str, samples: int = BOOTSTRAP_SAMP
     records = load_records(root)
     summary = results_json(root, samples)
     body = records_markdown(records, summary["comparisons"], summary["reward_model"])
-    body += "\n" + curves_markdown(load_curves(root))
+    body += "\n" + curves_markdown(root, load_curves(root), samples)
     return json.dumps(summary, indent=2, ensure_ascii=False) + "\n", replace_section(markdown, body)
 
 
