@@ -3,7 +3,8 @@ import pytest
 from helpers import R1_DISTILL_TEMPLATE, lamp4_questions
 from prlm import PrlmError
 from prlm.data import get_task
-from prlm.prompts import build_prompt, count_tokens, parse_completion
+from prlm.answers import parse_completion
+from prlm.prompts import build_prompt, count_tokens
 
 TASK = get_task("LaMP-4")
 
@@ -13,13 +14,13 @@ def _long_profile(n=6, words=400):
              "date": "2020-01-01"} for i in range(n)]
 
 
-@pytest.mark.parametrize("style", ["no-profile", "rag", "prlm"])
+@pytest.mark.parametrize("method", ["no-profile", "rag", "prlm"])
 @pytest.mark.parametrize("limit", [200, 512, 1024])
-def test_prompt_never_exceeds_budget(policy_tokenizer, style, limit):
+def test_prompt_never_exceeds_budget(policy_tokenizer, method, limit):
     text = "Generate a headline for the following article: " + "news " * 50
-    prompt = build_prompt(TASK, text, _long_profile(), style, policy_tokenizer, max_prompt_tokens=limit)
+    prompt = build_prompt(TASK, text, _long_profile(), method, policy_tokenizer, max_prompt_tokens=limit)
     assert prompt.num_tokens == count_tokens(policy_tokenizer, prompt.text) <= limit
-    if style != "no-profile" and limit >= 512:
+    if method != "no-profile" and limit >= 512:
         assert prompt.entries_used == 6
         assert all(f"Title {i}" in prompt.user for i in range(6))
 
@@ -54,51 +55,6 @@ def test_styles_differ_as_documented(policy_tokenizer):
     assert '"River news 0" is the headline for' in rag.user and ", and " in rag.user
     assert "<think>" in prlm.user and prlm.text.endswith("<think>") and prlm.prefill == "<think>"
     assert rag.text.endswith("assistant\n")  # the chat template's generation prompt
-
-
-# (completion after the pre-fill, expected reasoning, expected answer)
-REASONING_CASES = [
-    ("The user is terse.</think>\n<answer>Fix the parser</answer>", "The user is terse.", "Fix the parser"),
-    ("r</think><answer>  \"Fix the parser\"  </answer> trailing", "r", "Fix the parser"),
-    ("r</think><answer>Fix the parser", "r", "Fix the parser"),  # unclosed answer
-    ("r</think>\nFix the parser\nmore text", "r", ""),  # no answer tag: not an answer (issue 12)
-    ("r</think><answer></answer>", "r", ""),  # empty answer
-    ("r</think><answer>Headline: Fix it</answer>", "r", "Fix it"),  # label stripped
-    ("reasoning that never closes", "reasoning that never closes", ""),
-    ("r <answer>Fix it</answer>", "r", "Fix it"),  # think unclosed, answer present
-    ("", "", ""),
-    ("<think>nested</think><answer>A</answer><answer>B</answer>", "", "A"),
-]
-
-
-@pytest.mark.parametrize("completion,reasoning,answer", REASONING_CASES)
-def test_reasoning_extraction_table(completion, reasoning, answer):
-    parsed = parse_completion(completion, "prlm", TASK, prefill="<think>")
-    assert parsed.answer == answer
-    if reasoning:
-        assert parsed.reasoning == reasoning
-
-
-def test_reasoning_without_any_tags_uses_last_line():
-    assert parse_completion("thinking...\nFinal Title", "prlm", TASK).answer == "Final Title"
-
-
-PLAIN_CASES = [
-    ("Fix the parser", "Fix the parser"),
-    ("\n\n  Fix the parser  \nExplanation: ...", "Fix the parser"),
-    ('"Fix the parser"', "Fix the parser"),
-    ("Headline: Fix the parser", "Fix the parser"),
-    ("<answer>Fix the parser</answer>", "Fix the parser"),
-    ("Your subject line is:\n\nFix the parser\n", "Fix the parser"),  # an introducing line is skipped
-    ("Subject line:\nFix the parser", "Fix the parser"),
-    ("Note: the parser was fixed", "Note: the parser was fixed"),  # a colon inside the answer stays
-    ("", ""),
-]
-
-
-@pytest.mark.parametrize("completion,answer", PLAIN_CASES)
-def test_plain_extraction_table(completion, answer):
-    assert parse_completion(completion, "rag", TASK).answer == answer
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from prlm import PrlmError
-from prlm.reward.personalization import PersonalizationReward, completion_text, degenerate_reason
+from prlm.reward.personalization import PersonalizationReward, degenerate_reason
 from test_reward_model import make_tiny_rm
 
 
@@ -35,7 +35,7 @@ def test_only_the_answer_is_scored(rm_path):
     a = reward(["p"], ["short</think><answer>fix the parser</answer>"], input=["x"])
     b = reward(["p"], ["a very different reasoning text</think><answer>fix the parser</answer>"], input=["x"])
     assert a == pytest.approx(b)
-    plain = PersonalizationReward(rm_path, style="rag", prefill="")
+    plain = PersonalizationReward(rm_path, method="rag", prefill="")
     assert plain(["p"], ["fix the parser"], input=["x"]) == pytest.approx(a)
 
 
@@ -113,18 +113,11 @@ def test_input_column_errors(rm_path):
 
 def test_context_column_for_a_context_model(tmp_path):
     path = make_tiny_rm(tmp_path / "rm", context_entries=2)
-    reward = PersonalizationReward(path, style="rag", prefill="")
+    reward = PersonalizationReward(path, method="rag", prefill="")
     out = reward(["p"], ["fix it"], input=["x"], context=[["entry one", "entry two"]])
     assert 0 < out[0] < 1
     with pytest.raises(PrlmError, match="in a 'context' column"):
         reward(["p"], ["fix it"], input=["x"])
-
-
-def test_completion_text_forms():
-    assert completion_text("abc") == "abc"
-    assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
-    with pytest.raises(PrlmError):
-        completion_text(3)
 
 
 def test_a_grpo_step_calls_the_reward(rm_path, tiny_llama_dir, tmp_path):
@@ -140,7 +133,7 @@ def test_a_grpo_step_calls_the_reward(rm_path, tiny_llama_dir, tmp_path):
             return super().__call__(prompts, completions, **kwargs)
 
     # rag style: the tiny random policy never closes <think>, its raw text is scored as the answer
-    reward = Counting(rm_path, style="rag", prefill="")
+    reward = Counting(rm_path, method="rag", prefill="")
     data = Dataset.from_dict({"prompt": ["Write a subject line: fix the parser", "Write a subject line: add docs"],
                               "input": ["fix the parser crash on empty input", "add docs for the new option"]})
     args = GRPOConfig(output_dir=str(tmp_path / "grpo"), use_cpu=True, bf16=False, per_device_train_batch_size=2,

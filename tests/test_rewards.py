@@ -2,7 +2,7 @@ import pytest
 
 from prlm import PrlmError
 from prlm.reward.accuracy import AccuracyReward
-from prlm.reward.format import FormatReward, has_reasoning_format
+from prlm.reward.format import FormatReward
 
 GOLD = "fix the parser crash"
 
@@ -42,8 +42,3 @@ def test_accuracy_metric_choice():
     assert only_l == [pytest.approx(1.0)]
     with pytest.raises(PrlmError, match="accuracy metrics"):
         AccuracyReward(metrics=["bleu"])
-
-
-def test_format_without_prefill_requires_opening_tag():
-    assert has_reasoning_format("<think>a</think><answer>b</answer>", prefill="")
-    assert not has_reasoning_format("a</think><answer>b</answer>", prefill="")

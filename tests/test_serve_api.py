@@ -130,7 +130,8 @@ def test_generate_uses_the_same_prompt_and_parser_as_evaluation(server, tiny_gen
     """The server's completion equals what evaluation's code path gives for the same entries."""
     from prlm.data.tasks import get_task
     from prlm.generation import SamplingParams
-    from prlm.prompts import build_prompt, parse_completion
+    from prlm.answers import parse_completion
+    from prlm.prompts import build_prompt
     from prlm.retrieval import make_retriever
 
     client, app = server

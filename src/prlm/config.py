@@ -106,7 +106,7 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
     def __post_init__(self):
         GenerationConfig.__post_init__(self)
         ProfileDataConfig.__post_init__(self)
-        from prlm.prompts import STYLES
+        from prlm.prompts import PROMPT_METHODS as STYLES
 
         check_choice("method", self.method, STYLES)
         if not self.out:

@@ -8,14 +8,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prlm import PrlmError
+from prlm.answers import (
+    ANSWER_CLOSE,
+    REASONING_METHOD,
+    forcing_head,
+    has_reasoning_format,
+    parse_completion,
+    prefill_for,
+    stop_strings,
+)
 from prlm.config import EvalConfig
 from prlm.data import get_task, load_split
 from prlm.evaluation import environment, meteor_status, score_predictions, write_run
 from prlm.generation import SamplingParams, make_generator
 from prlm.io import check_output_dir
-from prlm.prompts import build_prompt, first_answer_start, parse_completion
-from prlm.retrieval import DenseRetriever, make_retriever
-from prlm.reward.format import has_reasoning_format
+from prlm.prompts import build_prompts
+from prlm.retrieval import make_retriever, retrieve_each
 
 
 def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None, retriever=None) -> dict:
@@ -37,25 +45,21 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
     if retriever is None:
         retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
-    if isinstance(retriever, DenseRetriever):
-        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
+    hits = retrieve_each(retriever, dataset.examples, cfg.k)
     if generator is None:
         generator, tokenizer = make_generator(cfg.model, cfg.backend, cfg.device, cfg.batch_size)
-
-    retrieved, prompts = [], []
-    for ex in dataset.examples:
-        entries, scores = retriever(ex.input, ex.profile, cfg.k)
-        retrieved.append([{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries, scores)])
-        prompts.append(build_prompt(task, ex.input, entries, cfg.method, tokenizer, cfg.max_prompt_tokens))
+    retrieved = [[{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries, scores)] for entries, scores in hits]
+    prompts = build_prompts(task, dataset.examples, hits, cfg.method, tokenizer, cfg.max_prompt_tokens)
 
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed, stop=["</answer>"] if cfg.method == "prlm" else [])
+                            seed=cfg.seed, stop=stop_strings(cfg.method))
     completions = [c[0] for c in generator.generate([p.text for p in prompts], params, progress=progress,
                                                     desc=f"{cfg.method} on {cfg.split}")]
     formatted = [has_reasoning_format(c, p.prefill) for c, p in zip(completions, prompts)]
     parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
     forced = set()
-    if cfg.method == "prlm" and cfg.force_answer_tokens:
+    reasons = cfg.method == REASONING_METHOD
+    if reasons and cfg.force_answer_tokens:
         forced = {i for i, result in enumerate(parsed) if not result.answer}
         completions = force_answers(generator, prompts, completions, sorted(forced), cfg, progress)
         parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
@@ -69,11 +73,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
             "prompt": prompt.user, "prompt_tokens": prompt.num_tokens, "completion": completion,
             "reasoning": result.reasoning, "answer": result.answer, "gold": ex.gold,
             "metrics": per_example[ex.id],
-            **({"format_ok": formatted[index], "forced_answer": index in forced} if cfg.method == "prlm" else {}),
+            **({"format_ok": formatted[index], "forced_answer": index in forced} if reasons else {}),
         })
     summary = {
         "name": Path(cfg.out).name,
-        **({"format_rate": sum(formatted) / len(rows), "forced_answers": len(forced)} if cfg.method == "prlm" else {}),
+        **({"format_rate": sum(formatted) / len(rows), "forced_answers": len(forced)} if reasons else {}),
         "task": task.name,
         "data": str(cfg.data),
         "split": cfg.split,
@@ -91,19 +95,16 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     return summary
 
 
-ANSWER_FORCING = "</think>\n<answer>"
-
-
 def force_answers(generator, prompts, completions: list[str], todo: list[int], cfg: EvalConfig,
                   progress: bool) -> list[str]:
     """Budget forcing: completions `todo` gave no answer (they ran out of tokens
     in the reasoning, say); each gets its reasoning closed and the answer tag
-    opened, and the model writes the answer, greedily."""
+    opened (`answers.forcing_head`), and the model writes the answer, greedily."""
     if not todo:
         return completions
-    heads = [_forcing_head(completions[i]) for i in todo]
+    heads = [forcing_head(completions[i]) for i in todo]
     params = SamplingParams(max_new_tokens=cfg.force_answer_tokens, temperature=0.0, seed=cfg.seed,
-                            stop=["</answer>"])
+                            stop=[ANSWER_CLOSE])
     tails = generator.generate([prompts[i].text + head for i, head in zip(todo, heads)], params, progress=progress,
                                desc="forcing answers")
     completions = list(completions)
@@ -112,22 +113,10 @@ def force_answers(generator, prompts, completions: list[str], todo: list[int], c
     return completions
 
 
-def _forcing_head(completion: str) -> str:
-    """The completion up to where its answer must start, with the answer tag opened.
-
-    An answer section that came out empty (`<answer></answer>`) is cut away first: the parser
-    reads the first `<answer>`, so a second one appended after it would never be read."""
-    start = first_answer_start(completion)
-    if start != -1:
-        completion = completion[:start].rstrip()
-    return completion + ("\n<answer>" if "</think>" in completion.lower() else ANSWER_FORCING)
-
-
 def rescore_run(path: str | Path) -> dict:
     """Re-extract answers from the recorded completions with the current parser
     and recompute the metrics, without generating again."""
     from prlm.evaluation import load_run
-    from prlm.prompts import prefill_for
 
     summary, rows = load_run(path)
     method, task = summary["config"]["method"], get_task(summary["task"])
@@ -141,7 +130,7 @@ def rescore_run(path: str | Path) -> dict:
     for row in rows:
         row["metrics"] = per_example[row["id"]]
     summary["metrics"], summary["empty_answers"] = means, sum(not r["answer"] for r in rows)
-    if method == "prlm":
+    if method == REASONING_METHOD:
         summary["format_rate"] = sum(has_reasoning_format(r["completion"], prefill) for r in rows) / len(rows)
     summary["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_run(path, rows, summary, task.name)

@@ -1,11 +1,12 @@
-"""Prompts for the three methods, the profile token budget, answer extraction.
+"""Prompts for the three methods and the profile token budget.
 
-Styles:
+Methods (`PROMPT_METHODS`, the `method` of evaluation):
 - `no-profile`: the input alone.
 - `rag`: LaMP's plain RAG prompt, the retrieved entries then the input.
 - `prlm`: the reasoning prompt; the model reasons about the entries inside
   `<think>` and answers inside `<answer>`. The reply is pre-filled with
-  `<think>` so that small models start in the format.
+  `<think>` so that small models start in the format (`prlm.answers` holds
+  that format: pre-fill, stop string, answer extraction, format check).
 
 Entries share a token budget as in LaMP: each gets an equal share of what the
 fixed parts leave, and what one entry leaves unused carries to the next, so a
@@ -14,15 +15,14 @@ prompt never exceeds `max_prompt_tokens`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from prlm import PrlmError
+from prlm.answers import REASONING_METHOD, prefill_for
 from prlm.data.tasks import Task
 
-STYLES = ("no-profile", "rag", "prlm")
-THINK_PREFILL = "<think>"
+PROMPT_METHODS = ("no-profile", "rag", REASONING_METHOD)
 
 
 @dataclass
@@ -37,8 +37,8 @@ class Prompt:
     entries_used: int
 
 
-def instruction(task: Task, style: str) -> str:
-    if style == "prlm":
+def instruction(task: Task, method: str) -> str:
+    if method == REASONING_METHOD:
         return (
             f"First think step by step inside <think> </think> about how this user writes their "
             f"{task.output_name}s (their words, length and style) and what the new text is about. "
@@ -48,23 +48,19 @@ def instruction(task: Task, style: str) -> str:
     return f"Reply with the {task.output_name} only."
 
 
-def user_message(task: Task, style: str, text: str, rendered_entries: Sequence[str]) -> str:
-    if style not in STYLES:
-        raise PrlmError(f"unknown prompt style '{style}'; use one of {', '.join(STYLES)}")
-    if style == "no-profile" or not rendered_entries:
-        return f"{text}\n\n{instruction(task, style)}"
-    if style == "rag":
+def user_message(task: Task, method: str, text: str, rendered_entries: Sequence[str]) -> str:
+    if method not in PROMPT_METHODS:
+        raise PrlmError(f"unknown prompt method '{method}'; use one of {', '.join(PROMPT_METHODS)}")
+    if method == "no-profile" or not rendered_entries:
+        return f"{text}\n\n{instruction(task, method)}"
+    if method == "rag":
         # LaMP's layout: entries joined with ", and ", then the input.
-        return f"{', and '.join(rendered_entries)}. {text}\n\n{instruction(task, style)}"
+        return f"{', and '.join(rendered_entries)}. {text}\n\n{instruction(task, method)}"
     numbered = "\n".join(f"{i}. {e}" for i, e in enumerate(rendered_entries, start=1))
     return (
         f"Past {task.output_name}s written by this user, each for the text in quotes:\n{numbered}\n\n"
-        f"{text}\n\n{instruction(task, style)}"
+        f"{text}\n\n{instruction(task, method)}"
     )
-
-
-def prefill_for(style: str) -> str:
-    return THINK_PREFILL if style == "prlm" else ""
 
 
 def render_chat(tokenizer, user: str, prefill: str) -> str:
@@ -112,14 +108,14 @@ def _share_budget(task: Task, entries: Sequence[dict], tokenizer, budget: int) -
 
 
 def build_prompt(
-    task: Task, text: str, entries: Sequence[dict], style: str, tokenizer, max_prompt_tokens: int = 1024
+    task: Task, text: str, entries: Sequence[dict], method: str, tokenizer, max_prompt_tokens: int = 1024
 ) -> Prompt:
     """The model input for one question; never longer than `max_prompt_tokens`."""
-    prefill = prefill_for(style)
-    entries = list(entries) if style != "no-profile" else []
+    prefill = prefill_for(method)
+    entries = list(entries) if method != "no-profile" else []
 
     def render(rendered_entries: Sequence[str], body: str) -> tuple[str, str, int]:
-        user = user_message(task, style, body, rendered_entries)
+        user = user_message(task, method, body, rendered_entries)
         full = render_chat(tokenizer, user, prefill)
         return user, full, count_tokens(tokenizer, full)
 
@@ -146,88 +142,27 @@ def build_prompt(
     return Prompt(user=user, text=full, prefill=prefill, num_tokens=n, entries_used=0)
 
 
-# --- answer extraction -------------------------------------------------------
-
-_TAG = re.compile(r"</?\s*(think|answer)\s*>", re.IGNORECASE)
-_QUOTES = "\"'`“”‘’*"
-
-
-def clean_answer(text: str, task: Task | None = None) -> str:
-    """One line, without tags, surrounding quotes or a leading label like 'Headline:'."""
-    text = _TAG.sub(" ", text).strip()
-    labels = ["answer", "headline", "title", "subject line", "subject", "tweet", "paraphrase"]
-    if task is not None:
-        labels.insert(0, task.output_name)
-    label_re = re.compile(r"^(?:" + "|".join(re.escape(x) for x in labels) + r")\s*[:\-]\s*", re.IGNORECASE)
-    line = ""
-    for candidate in (ln.strip() for ln in text.splitlines() if ln.strip()):
-        line = label_re.sub("", candidate).strip()
-        # "Here is the subject line:" introduces the answer on the next line.
-        if line and not (line.endswith(":") and len(line.split()) <= 8):
-            break
-        line = ""
-    if len(line) >= 2 and line[0] in _QUOTES and line[-1] in _QUOTES:
-        line = line.strip(_QUOTES).strip()
-    return " ".join(line.split())
+def build_prompts(task: Task, examples: Sequence, hits: Sequence, method: str, tokenizer,
+                  max_prompt_tokens: int) -> list[Prompt]:
+    """The `method` prompt of each question of `examples`, with its retrieved (entries, scores) from `hits`."""
+    return [build_prompt(task, ex.input, entries, method, tokenizer, max_prompt_tokens)
+            for ex, (entries, _) in zip(examples, hits)]
 
 
-@dataclass
-class Parsed:
-    reasoning: str
-    answer: str
-
-
-def parse_completion(completion: str, style: str, task: Task | None = None, prefill: str = "") -> Parsed:
-    """Split a completion into reasoning and answer, tolerating malformed output.
-
-    `prefill` is what the prompt already wrote of the reply (e.g. `<think>`);
-    it is put back in front so that tags it opened are seen.
-    """
-    full = prefill + completion
-    if style != "prlm":
-        return Parsed(reasoning="", answer=clean_answer(full, task))
-    lower = full.lower()
-    think_open, think_close = lower.find("<think>"), lower.find("</think>")
-    answer_open = lower.find("<answer>")
-    reasoning = ""
-    if think_open != -1:
-        end = think_close if think_close != -1 else (answer_open if answer_open != -1 else len(full))
-        reasoning = full[think_open + len("<think>"): end].strip()
-    # The answer is what the first <answer> section holds, as in the authors' reward: text after
-    # </think> without an answer tag is not an answer (the format was not followed), and the reward
-    # and evaluation read the same thing. An unclosed section still counts: generation stops at
-    # </answer> (the stop string may be cut off) or at the token budget inside the answer.
-    answer = ""
-    if answer_open != -1:
-        rest = full[answer_open + len("<answer>"):]
-        close = rest.lower().find("</answer>")
-        answer = clean_answer(rest[:close] if close != -1 else rest, task)
-    elif think_open == -1 and think_close == -1:
-        # No tag at all: a model that ignored the format entirely; its last line is its answer.
-        lines = [ln for ln in _TAG.sub(" ", full).splitlines() if ln.strip()]
-        answer = clean_answer(lines[-1], task) if lines else ""
-    return Parsed(reasoning=reasoning, answer=answer)
-
-
-def first_answer_start(completion: str) -> int:
-    """Index of the first `<answer>` tag in a completion, -1 when there is none."""
-    return completion.lower().find("<answer>")
-
-
-def prompted_examples(cfg, tokenizer, style: str):
+def prompted_examples(cfg, tokenizer, method: str, retriever=None):
     """(example, prompt, entries used) for every question of `cfg`'s split, with golds:
-    retrieval as `cfg` says, then the `style` prompt within `cfg.max_prompt_tokens`.
+    retrieval as `cfg` says (or by `retriever`, e.g. a `RankedRetriever` of rankings computed once),
+    then the `method` prompt within `cfg.max_prompt_tokens`.
     `cfg` is a ProfileDataConfig with `seed` and `max_prompt_tokens` (training, SFT)."""
     from prlm.data import get_task, load_split
-    from prlm.retrieval import DenseRetriever, make_retriever
+    from prlm.retrieval import make_retriever, retrieve_each
 
     task = get_task(cfg.task)
     dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True,
                          allow_empty_profiles=cfg.allow_empty_profiles)
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
-    if isinstance(retriever, DenseRetriever):
-        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
-    for ex in dataset.examples:
-        entries, _ = retriever(ex.input, ex.profile, cfg.k)
-        prompt = build_prompt(task, ex.input, entries, style, tokenizer, cfg.max_prompt_tokens)
+    if retriever is None:
+        retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    hits = retrieve_each(retriever, dataset.examples, cfg.k)
+    for ex, (entries, _) in zip(dataset.examples, hits):
+        prompt = build_prompt(task, ex.input, entries, method, tokenizer, cfg.max_prompt_tokens)
         yield ex, prompt, entries[:prompt.entries_used]

@@ -173,6 +173,10 @@ class Retriever:
     def scores(self, query: str, profile: Sequence[dict]) -> np.ndarray:
         raise NotImplementedError
 
+    def prepare(self, queries: Sequence[str], profiles: Sequence[Sequence[dict]], show_progress: bool = True) -> None:
+        """Get ready to rank these queries over these profiles (a whole split) before the calls come.
+        Nothing to do here; a retriever with per-text work that batches well (dense embeddings) overrides it."""
+
     def __call__(self, query: str, profile: Sequence[dict], k: int) -> Retrieved:
         if k < 0:
             raise PrlmError(f"k must be >= 0, got {k}")
@@ -356,11 +360,12 @@ class DenseRetriever(Retriever):
             self._cache.clear()
         return embedded
 
-    def prepare(self, queries: Sequence[str], profiles: Sequence[Sequence[dict]]) -> None:
+    def prepare(self, queries: Sequence[str], profiles: Sequence[Sequence[dict]], show_progress: bool = True) -> None:
         """Embed every text of a split in a few large batches before retrieving."""
         texts = [self.task.query(q) for q in queries]
         texts += [self.task.entry_text(e) for p in profiles for e in p]
-        self.embed(texts, show_progress=True)
+        if texts:
+            self.embed(texts, show_progress=show_progress)
 
     def scores(self, query: str, profile: Sequence[dict]) -> np.ndarray:
         q = self.embed([self.task.query(query)])[0]
@@ -411,3 +416,39 @@ class RankedRetriever(Retriever):
         by_id = {e["id"]: e for e in profile}
         top = ranking[:k]
         return [by_id[i] for i, _ in top], [s for _, s in top]
+
+
+# --- rankings computed once ----------------------------------------------------------------------------------
+
+def retrieve_each(retriever: Retriever, examples: Sequence, k: int) -> list[Retrieved]:
+    """The top-k (entries, scores) of every question of `examples` (a split's questions: `.input`,
+    `.profile`), the retriever prepared once for all of them."""
+    retriever.prepare([ex.input for ex in examples], [ex.profile for ex in examples])
+    return [retriever(ex.input, ex.profile, k) for ex in examples]
+
+
+def retrieve_split(retriever: Retriever, examples: Sequence, depth: int) -> list[dict]:
+    """Rank every question's profile once, the top `depth` with scores: one row per question,
+    `{"id", "key": ranking_key(input, profile), "ranking": [[entry id, score], ...]}` (scores to 6 decimals)."""
+    return [{"id": ex.id, "key": ranking_key(ex.input, ex.profile),
+             "ranking": [[e["id"], round(s, 6)] for e, s in zip(entries, scores)]}
+            for ex, (entries, scores) in zip(examples, retrieve_each(retriever, examples, depth))]
+
+
+def save_rankings(path, rows: Sequence[dict]) -> None:
+    """Write the rows of `retrieve_split` as JSONL (atomically)."""
+    from prlm.io import atomic_write_jsonl
+
+    atomic_write_jsonl(path, rows)
+
+
+def load_rankings(*paths) -> dict[str, list[tuple[str, float]]]:
+    """key -> [(entry id, score)] from one or more files of `save_rankings` (e.g. the splits of a dataset)."""
+    from prlm.io import read_jsonl
+
+    return {r["key"]: [(i, s) for i, s in r["ranking"]] for path in paths for r in read_jsonl(path)}
+
+
+def ranked_retriever(task: Task, name: str, *paths) -> RankedRetriever:
+    """A `RankedRetriever` named `name` serving the rankings stored in `paths` (see `save_rankings`)."""
+    return RankedRetriever(task, name, load_rankings(*paths))

@@ -1,28 +1,8 @@
-"""Format reward: 1 when the completion reasons in <think> and answers in <answer>."""
+"""Format reward: 1 when the completion reasons in <think> and answers in <answer> (`prlm.answers`'s check)."""
 
 from __future__ import annotations
 
-import re
-
-from prlm.prompts import THINK_PREFILL
-from prlm.reward.accuracy import completion_text
-
-_STRUCTURE = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$",
-                        re.DOTALL | re.IGNORECASE)
-
-
-def has_reasoning_format(completion: str, prefill: str = THINK_PREFILL) -> bool:
-    """`<think>reasoning</think><answer>answer</answer>`, nothing else, both non-empty.
-
-    A prompt (or chat template) that already opened `<think>` is tolerated: the
-    pre-fill is put back in front unless the completion repeats it.
-    """
-    text = completion.lstrip()
-    if prefill and not text.lower().startswith(prefill.strip().lower()):
-        text = prefill + text
-    match = _STRUCTURE.match(text)
-    return bool(match and match["think"].strip() and match["answer"].strip()
-                and "<think>" not in match["think"].lower() and "<answer>" not in match["answer"].lower())
+from prlm.answers import THINK_PREFILL, has_reasoning_format, last_message_text
 
 
 class FormatReward:
@@ -32,4 +12,4 @@ class FormatReward:
         self.prefill = prefill
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        return [1.0 if has_reasoning_format(completion_text(c), self.prefill) else 0.0 for c in completions]
+        return [1.0 if has_reasoning_format(last_message_text(c), self.prefill) else 0.0 for c in completions]

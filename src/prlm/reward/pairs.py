@@ -213,133 +213,210 @@ def _load_existing(cfg: PairsConfig) -> tuple[str, list[dict], dict]:
     return text, rows, meta
 
 
-def build_pairs(cfg: PairsConfig, progress: bool = True, generator=None, tokenizer=None) -> dict:
-    """Write (or resume) the pairs file of `cfg`; returns a summary dict (also in the sidecar)."""
-    import json
+def build_pairs(cfg: PairsConfig, progress: bool = True, generator=None, tokenizer=None, retriever=None) -> dict:
+    """Write (or resume) the pairs file of `cfg`; returns a summary dict (also in the sidecar).
 
-    from prlm.data import get_task, load_split
-    from prlm.generation import SamplingParams, make_generator
-    from prlm.prompts import build_prompt, parse_completion
-    from prlm.retrieval import DenseRetriever, make_retriever
+    `retriever` may be passed to reuse retrievals computed once (e.g. a `RankedRetriever`)."""
+    from prlm.data import get_task
+    from prlm.generation import make_generator
+    from prlm.retrieval import make_retriever, retrieve_each
 
     started = time.time()
-    kinds = cfg.kind_list
     task = get_task(cfg.task)
-    needs_gold = any(k.startswith("gold-") for k in kinds)
+    examples = _questions(cfg, task)
+    file = _PairsFile(cfg, *_load_existing(cfg))
+    todo = [ex for ex in examples if ex.id not in file.questions_done()]
+    reused = _reused_no_profile(cfg, todo)
+    if retriever is None:
+        retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
+    hits = [entries for entries, _ in retrieve_each(retriever, todo, cfg.k)]
+    nearest = nearest_other_user(task, examples, todo) if "gold-vs-other-user" in cfg.kind_list else {}
+    if todo and _generates(cfg) and generator is None:
+        generator, tokenizer = make_generator(cfg.model, cfg.backend, cfg.device, cfg.batch_size)
+    policy = _Policy(cfg, task, generator, tokenizer, reused, progress)
+    provenance = {"task": task.name, "split": cfg.split, "retriever": cfg.retriever, "k": cfg.k,
+                  "model": reused.model, "seed": cfg.seed}
+    file.save_meta()
+    written = 0
+    for start in range(0, len(todo), cfg.chunk_size):
+        chunk, chunk_hits = todo[start:start + cfg.chunk_size], hits[start:start + cfg.chunk_size]
+        sides = policy.answer(chunk, chunk_hits, desc=f"pairs {start + len(chunk)}/{len(todo)}")
+        new_rows = []
+        for ex, side in zip(chunk, sides):
+            new_rows += _question_pairs(cfg, task, ex, side, nearest.get(ex.id), provenance, file.dropped)
+        file.append(new_rows)
+        written += len(new_rows)
+    return file.finish(_summary(cfg, file, written, len(todo), len(examples), started))
+
+
+def _questions(cfg: PairsConfig, task: Task) -> list:
+    from prlm.data import load_split
+
+    needs_gold = any(k.startswith("gold-") for k in cfg.kind_list)
     dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None,
                          allow_empty_profiles=cfg.allow_empty_profiles, require_golds=needs_gold)
     if not dataset.examples:
         raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
+    return dataset.examples
 
-    text, rows, meta = _load_existing(cfg)
-    dropped: dict[str, str] = dict(meta.get("dropped", {}))
-    done = {r["id"] for r in rows} | {pid.rsplit(":", 1)[0] for pid in dropped}
-    todo = [ex for ex in dataset.examples if ex.id not in done]
 
-    np_answers, model_name = {}, cfg.model
-    if cfg.no_profile_run:
-        np_answers, model_name = _no_profile_answers(cfg.no_profile_run, cfg.split)
-        missing = [ex.id for ex in todo if ex.id not in np_answers]
-        if missing:
-            raise PrlmError(f"run '{cfg.no_profile_run}' has no answer for {len(missing)} question(s) "
-                            f"(e.g. '{missing[0]}'); evaluate it on the same split without --limit")
-        model_name = model_name or cfg.model
-    need_rag = "rag-vs-no-profile" in kinds
-    need_np = need_rag or "gold-vs-no-profile" in kinds
-    need_generation = todo and (need_rag or (need_np and not cfg.no_profile_run))
+class _PairsFile:
+    """The pairs file and its sidecar while they are written: each chunk is appended by an atomic
+    rewrite of the file, then the sidecar (provenance, dropped pairs) is rewritten."""
 
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
-    if isinstance(retriever, DenseRetriever) and todo:
-        retriever.prepare([ex.input for ex in todo], [ex.profile for ex in todo])
-    nearest = nearest_other_user(task, dataset.examples, todo) if "gold-vs-other-user" in kinds else {}
-    if need_generation and generator is None:
-        generator, tokenizer = make_generator(cfg.model, cfg.backend, cfg.device, cfg.batch_size)
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed)
-    provenance = {"task": task.name, "split": cfg.split, "retriever": cfg.retriever, "k": cfg.k,
-                  "model": model_name, "seed": cfg.seed}
-    meta = {"provenance": cfg.provenance(), "dropped": dropped, "started": meta.get("started") or
-            datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    def __init__(self, cfg: PairsConfig, text: str, rows: list[dict], meta: dict):
+        self.cfg, self.text, self.rows = cfg, text, rows
+        self.dropped: dict[str, str] = dict(meta.get("dropped", {}))
+        self.meta = {"provenance": cfg.provenance(), "dropped": self.dropped, "started": meta.get("started") or
+                     datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    def save_meta(**extra) -> None:
-        atomic_write_json(meta_path(cfg.out), {**meta, "pairs": len(rows), **extra})
+    def questions_done(self) -> set[str]:
+        """Questions already in the file or whose pairs were all dropped."""
+        return {r["id"] for r in self.rows} | {pid.rsplit(":", 1)[0] for pid in self.dropped}
 
-    save_meta()
-    written = 0
-    for start in range(0, len(todo), cfg.chunk_size):
-        chunk = todo[start:start + cfg.chunk_size]
-        hits, rag_prompts = [], []
-        for ex in chunk:
-            entries, _ = retriever(ex.input, ex.profile, cfg.k)
-            hits.append(entries)
-            if need_rag:
-                rag_prompts.append(build_prompt(task, ex.input, entries, "rag", tokenizer, cfg.max_prompt_tokens))
-        rag_answers: list[str] = []
-        np_chunk: list[str] = []
-        raw: list = []  # the generated texts, kept so that answers can be re-extracted later
-        if need_rag or (need_np and not cfg.no_profile_run):
-            texts = [p.text for p in rag_prompts]
-            if not cfg.no_profile_run:
-                np_prompts = [build_prompt(task, ex.input, [], "no-profile", tokenizer, cfg.max_prompt_tokens)
-                              for ex in chunk]
-                texts += [p.text for p in np_prompts]
-            completions = generator.generate(texts, params, progress=progress,
-                                             desc=f"pairs {start + len(chunk)}/{len(todo)}")
-            raw = [c[0] for c in completions]
-            answers = [parse_completion(text, "rag", task).answer for text in raw]
-            rag_answers = answers[:len(rag_prompts)]
-            np_chunk = answers[len(rag_prompts):]
-        rag_raw, np_raw = raw[:len(rag_prompts)], raw[len(rag_prompts):]
+    def save_meta(self, **extra) -> None:
+        atomic_write_json(meta_path(self.cfg.out), {**self.meta, "pairs": len(self.rows), **extra})
+
+    def append(self, new_rows: list[dict]) -> None:
+        import json
+
+        self.text += "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new_rows)
+        atomic_write_text(self.cfg.out, self.text)
+        self.rows.extend(new_rows)
+        self.save_meta()
+
+    def finish(self, summary: dict) -> dict:
+        if not Path(self.cfg.out).exists():
+            atomic_write_text(self.cfg.out, self.text)
+        self.save_meta(summary=summary)
+        return summary
+
+
+@dataclass
+class _Reused:
+    """No-profile answers taken from an earlier evaluation run (`no_profile_run`): id -> (answer, completion)."""
+    answers: dict
+    model: str
+
+
+def _reused_no_profile(cfg: PairsConfig, todo: Sequence) -> _Reused:
+    if not cfg.no_profile_run:
+        return _Reused({}, cfg.model)
+    answers, model = _no_profile_answers(cfg.no_profile_run, cfg.split)
+    missing = [ex.id for ex in todo if ex.id not in answers]
+    if missing:
+        raise PrlmError(f"run '{cfg.no_profile_run}' has no answer for {len(missing)} question(s) "
+                        f"(e.g. '{missing[0]}'); evaluate it on the same split without --limit")
+    return _Reused(answers, model or cfg.model)
+
+
+def _generates(cfg: PairsConfig) -> bool:
+    """Whether the policy writes answers: the rag side, or the no-profile side when no run gives it."""
+    kinds = cfg.kind_list
+    return "rag-vs-no-profile" in kinds or ("gold-vs-no-profile" in kinds and not cfg.no_profile_run)
+
+
+@dataclass
+class _Sides:
+    """One question's retrieved entries (those its rag prompt holds) and the policy's answers, with the
+    raw completions they were extracted from (None where that side was not needed)."""
+    entries: list[dict]
+    rag: str | None = None
+    rag_completion: str | None = None
+    no_profile: str | None = None
+    no_profile_completion: str | None = None
+
+
+@dataclass
+class _Policy:
+    """The policy's answers of a chunk: its rag and no-profile prompts generated in one call."""
+    cfg: PairsConfig
+    task: Task
+    generator: object
+    tokenizer: object
+    reused: _Reused
+    progress: bool
+
+    def answer(self, chunk: Sequence, hits: Sequence[list[dict]], desc: str) -> list[_Sides]:
+        from prlm.prompts import build_prompts
+
+        cfg, kinds = self.cfg, self.cfg.kind_list
+        sides = [_Sides(entries) for entries in hits]
+        rag_prompts = []
+        if "rag-vs-no-profile" in kinds:
+            rag_prompts = build_prompts(self.task, chunk, [(e, None) for e in hits], "rag", self.tokenizer,
+                                        cfg.max_prompt_tokens)
+            for side, prompt in zip(sides, rag_prompts):
+                side.entries = side.entries[:prompt.entries_used]
+        np_prompts = []
+        if _generates(cfg) and not cfg.no_profile_run:
+            np_prompts = build_prompts(self.task, chunk, [([], None)] * len(chunk), "no-profile", self.tokenizer,
+                                       cfg.max_prompt_tokens)
+        raw, answers = self._generate(rag_prompts + np_prompts, desc) if _generates(cfg) else ([], [])
+        for side, text, answer in zip(sides, raw, answers[:len(rag_prompts)]):
+            side.rag, side.rag_completion = answer, text
+        for side, text, answer in zip(sides, raw[len(rag_prompts):], answers[len(rag_prompts):]):
+            side.no_profile, side.no_profile_completion = answer, text
         if cfg.no_profile_run:
-            np_chunk = [np_answers[ex.id][0] for ex in chunk]
-            np_raw = [np_answers[ex.id][1] for ex in chunk]
+            for side, ex in zip(sides, chunk):
+                side.no_profile, side.no_profile_completion = self.reused.answers[ex.id]
+        return sides
 
-        new_rows = []
-        for i, ex in enumerate(chunk):
-            used = rag_prompts[i].entries_used if need_rag else len(hits[i])
-            entries = hits[i][:used]
-            base = {"id": ex.id, "user_id": ex.user_id, "input": ex.input,
-                    "retrieved": [e["id"] for e in entries], "context": [task.render_entry(e) for e in entries]}
-            for kind in kinds:
-                extra = {}
-                if kind == "rag-vs-no-profile":
-                    chosen, rejected = rag_answers[i], np_chunk[i]
-                    extra = {"chosen_completion": rag_raw[i], "rejected_completion": np_raw[i]}
-                elif kind == "gold-vs-no-profile":
-                    chosen, rejected = ex.gold or "", np_chunk[i]
-                    extra = {"rejected_completion": np_raw[i]}
-                else:
-                    other = nearest.get(ex.id)
-                    chosen, rejected = ex.gold or "", (other.gold or "") if other else ""
-                    if other is not None:
-                        extra = {"other_id": other.id, "other_user_id": other.user_id}
-                pid = f"{ex.id}:{kind}"
-                reason = _drop_reason(chosen, rejected)
-                if reason:
-                    dropped[pid] = reason
-                    continue
-                new_rows.append({"pair_id": pid, **base, "kind": kind, "chosen": chosen, "rejected": rejected,
-                                 **extra, **provenance})
-        text += "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new_rows)
-        atomic_write_text(cfg.out, text)
-        rows.extend(new_rows)
-        written += len(new_rows)
-        save_meta()
+    def _generate(self, prompts: list, desc: str) -> tuple[list[str], list[str]]:
+        """(raw completions, answers); the raw texts are kept so that answers can be re-extracted later."""
+        from prlm.answers import parse_completion
+        from prlm.generation import SamplingParams
 
-    if not Path(cfg.out).exists():
-        atomic_write_text(cfg.out, text)
+        cfg = self.cfg
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=cfg.seed)
+        completions = self.generator.generate([p.text for p in prompts], params, progress=self.progress, desc=desc)
+        raw = [c[0] for c in completions]
+        return raw, [parse_completion(text, "rag", self.task).answer for text in raw]
+
+
+def _question_pairs(cfg: PairsConfig, task: Task, ex, side: _Sides, other, provenance: dict,
+                    dropped: dict[str, str]) -> list[dict]:
+    """The rows of one question, a row per kind; a pair with nothing to learn from goes to `dropped`."""
+    base = {"id": ex.id, "user_id": ex.user_id, "input": ex.input, "retrieved": [e["id"] for e in side.entries],
+            "context": [task.render_entry(e) for e in side.entries]}
+    rows = []
+    for kind in cfg.kind_list:
+        chosen, rejected, extra = _pair_sides(kind, ex, side, other)
+        pid = f"{ex.id}:{kind}"
+        reason = _drop_reason(chosen, rejected)
+        if reason:
+            dropped[pid] = reason
+            continue
+        rows.append({"pair_id": pid, **base, "kind": kind, "chosen": chosen, "rejected": rejected,
+                     **extra, **provenance})
+    return rows
+
+
+def _pair_sides(kind: str, ex, side: _Sides, other) -> tuple[str, str, dict]:
+    """(chosen, rejected, extra fields) of one kind of pair; `other` is the nearest other user's question."""
+    if kind == "rag-vs-no-profile":
+        return side.rag, side.no_profile, {"chosen_completion": side.rag_completion,
+                                           "rejected_completion": side.no_profile_completion}
+    if kind == "gold-vs-no-profile":
+        return ex.gold or "", side.no_profile, {"rejected_completion": side.no_profile_completion}
+    rejected = (other.gold or "") if other else ""
+    extra = {"other_id": other.id, "other_user_id": other.user_id} if other is not None else {}
+    return ex.gold or "", rejected, extra
+
+
+def _summary(cfg: PairsConfig, file: _PairsFile, written: int, questions_now: int, questions: int,
+             started: float) -> dict:
     reasons: dict[str, int] = {}
-    for reason in dropped.values():
+    for reason in file.dropped.values():
         reasons[reason] = reasons.get(reason, 0) + 1
-    summary = {
-        "out": str(cfg.out), "pairs": len(rows), "written_now": written, "questions_now": len(todo),
-        "questions_resumed": len(dataset.examples) - len(todo), "dropped": len(dropped), "dropped_by_reason": reasons,
-        "by_kind": {k: sum(r.get("kind") == k for r in rows) for k in kinds},
+    return {
+        "out": str(cfg.out), "pairs": len(file.rows), "written_now": written, "questions_now": questions_now,
+        "questions_resumed": questions - questions_now, "dropped": len(file.dropped), "dropped_by_reason": reasons,
+        "by_kind": {k: sum(r.get("kind") == k for r in file.rows) for k in cfg.kind_list},
         "wall_time_s": round(time.time() - started, 1),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    save_meta(summary=summary)
-    return summary
 
 
 def _drop_reason(chosen: str, rejected: str) -> str:

@@ -9,8 +9,8 @@ reward reads the question's input text from the column ``input`` (the LaMP
 the retrieved entries from the column ``context`` (a list of rendered entries
 per row, as ``prlm rm pairs`` writes them; ``context_key``).
 
-For each completion it extracts the final answer (``prompts.parse_completion``,
-style ``prlm`` with the ``<think>`` pre-fill by default: only the answer is
+For each completion it extracts the final answer (``answers.parse_completion``,
+method ``prlm`` with the ``<think>`` pre-fill by default: only the answer is
 scored, never the reasoning), scores the (input, answer) pairs in batches and
 returns ``sigmoid(score)`` in (0, 1). Degenerate answers get ``penalty``
 instead (default 0.0, the bottom of the sigmoid's range):
@@ -19,7 +19,7 @@ instead (default 0.0, the bottom of the sigmoid's range):
 * an answer whose first ``<answer>`` section (the one that is scored, as
   ``parse_completion`` reads the first) still holds ``<think>``/``</think>``;
 * template parroting: an answer that equals a whole instruction of the
-  prompts (``prompts.instruction`` for every task and style), equals or
+  prompts (``prompts.instruction`` for every task and method), equals or
   contains one of its template phrases (a sentence or line of three words or
   more, e.g. "Reply with the subject line only." or the format example "The
   user ... The text is about ..."), or copies six words or more of an
@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prlm import PrlmError
+from prlm.answers import REASONING_METHOD, THINK_PREFILL, assistant_text, first_answer_section, parse_completion
 from prlm.config import opt
 
 DEFAULT_NAME = "personalization"
@@ -60,9 +61,9 @@ DEFAULT_NAME = "personalization"
 def _instruction_texts() -> tuple[str, ...]:
     """Every instruction a prompt of this project ends with, normalized."""
     from prlm.data.tasks import TASKS
-    from prlm.prompts import STYLES, instruction
+    from prlm.prompts import PROMPT_METHODS, instruction
 
-    texts = {_normalize(instruction(task, style)) for task in TASKS.values() for style in STYLES}
+    texts = {_normalize(instruction(task, method)) for task in TASKS.values() for method in PROMPT_METHODS}
     return tuple(sorted(texts))
 
 
@@ -106,29 +107,6 @@ def parrots_instructions(answer: str) -> bool:
     return False
 
 
-def completion_text(completion: Any) -> str:
-    """The text of a completion as TRL passes it: a string, or chat messages (the assistant's content)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    if isinstance(completion, (list, tuple)):
-        parts = [m.get("content", "") for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
-        return "".join(p if isinstance(p, str) else "" for p in parts)
-    raise PrlmError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
-
-
-def _answer_section(full: str) -> str:
-    """The text of the first <answer> section: the one parse_completion extracts and the reward scores."""
-    lower = full.lower()
-    start = lower.find("<answer>")
-    if start == -1:
-        return ""
-    rest = full[start + len("<answer>"):]
-    end = rest.lower().find("</answer>")
-    return rest if end == -1 else rest[:end]
-
-
 def degenerate_reason(answer: str, raw_answer_section: str = "") -> str:
     """Why an answer gets the penalty ('' when it is scored)."""
     if not answer.strip():
@@ -147,18 +125,18 @@ class PersonalizationReward:
     """A picklable TRL reward function scoring answers with a trained personalization reward model."""
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 32, input_key: str = "input",
-                 context_key: str = "context", style: str = "prlm", prefill: str = "<think>",
+                 context_key: str = "context", method: str = REASONING_METHOD, prefill: str = THINK_PREFILL,
                  task: str | None = None, penalty: float = 0.0, backbone: str | None = None,
                  name: str = DEFAULT_NAME):
-        from prlm.prompts import STYLES
+        from prlm.prompts import PROMPT_METHODS
 
-        if style not in STYLES:
-            raise PrlmError(f"unknown completion style '{style}'; use one of {', '.join(STYLES)}")
+        if method not in PROMPT_METHODS:
+            raise PrlmError(f"unknown completion method '{method}'; use one of {', '.join(PROMPT_METHODS)}")
         if batch_size < 1:
             raise PrlmError(f"batch_size must be at least 1, got {batch_size}")
         self.model_path, self.device, self.batch_size = str(model_path), device, batch_size
         self.input_key, self.context_key = input_key, context_key
-        self.style, self.prefill, self.task, self.penalty = style, prefill, task, float(penalty)
+        self.method, self.prefill, self.task, self.penalty = method, prefill, task, float(penalty)
         self.backbone = backbone
         self.__name__ = name  # TRL logs rewards under this name
         self._rm = None
@@ -188,15 +166,15 @@ class PersonalizationReward:
     def extract(self, completions: Sequence[Any]) -> tuple[list[str], list[str]]:
         """(answers, degenerate reasons) of completions."""
         from prlm.data.tasks import get_task
-        from prlm.prompts import parse_completion
 
         task = get_task(self.task) if self.task else None
         answers, reasons = [], []
         for completion in completions:
-            text = completion_text(completion)
-            answer = parse_completion(text, self.style, task, prefill=self.prefill).answer
+            text = assistant_text(completion)
+            answer = parse_completion(text, self.method, task, prefill=self.prefill).answer
             answers.append(answer)
-            section = _answer_section(self.prefill + text) if self.style == "prlm" else ""
+            # The raw section the answer came from: tags left in it are cleaned out of the answer.
+            section = (first_answer_section(self.prefill + text) or "") if self.method == REASONING_METHOD else ""
             reasons.append(degenerate_reason(answer, section))
         return answers, reasons
 

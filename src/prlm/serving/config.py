@@ -54,7 +54,7 @@ class ServeConfig:
     log_level: str = opt("info", "uvicorn log level: critical, error, warning, info, debug.")
 
     def __post_init__(self):
-        from prlm.prompts import STYLES
+        from prlm.prompts import PROMPT_METHODS as STYLES
         from prlm.retrieval import METHODS
 
         check_choice("method", self.method, STYLES)

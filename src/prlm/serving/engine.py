@@ -1,7 +1,7 @@
 """Retrieval, prompt, generation and answer parsing for the server.
 
-The same functions as evaluation (`make_retriever`, `build_prompt`,
-`HFGenerator.generate`, `parse_completion`); only the profile comes from the
+The same functions as evaluation (`make_retriever` and `Retriever.prepare`,
+`build_prompt`, `HFGenerator.generate`, `answers.parse_completion`); only the profile comes from the
 store, through `ProfileIndex`, which rebuilds a user's index whenever the
 store's version for that user moved.
 
@@ -19,12 +19,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from prlm.answers import parse_completion, stop_strings
 from prlm.data.tasks import Task, get_task
 from prlm.generation import SamplingParams
-from prlm.prompts import build_prompt, parse_completion
+from prlm.prompts import build_prompt
 from prlm.retrieval import BM25Retriever, DenseRetriever, Retriever, make_retriever
 
 # Retrievers that keep per-profile state (caches): one instance per user index, never shared.
@@ -40,9 +42,9 @@ class _Index:
     retrievers: dict[str, Retriever] = field(default_factory=dict)
     """This user's own retriever instances (their caches hold only this user's texts)."""
     built_with: set[str] = field(default_factory=set)
-    """Retrievers whose per-entry data (embeddings) were computed for this version."""
+    """Retrievers prepared for this version (`Retriever.prepare`: a dense one's entry embeddings computed)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    """Held while this index's own retrievers run: their caches are plain dicts."""
+    """Held while this index's own BM25 retriever runs: its caches are plain dicts."""
 
 
 class ProfileIndex:
@@ -150,7 +152,7 @@ class Engine:
         self.generator, self.tokenizer, self.method = generator, tokenizer, method
         self.max_prompt_tokens, self.seed, self.encoder = max_prompt_tokens, seed, encoder
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                     stop=["</answer>"] if method == "prlm" else [])
+                                     stop=stop_strings(method))
         self.index = ProfileIndex(store, max_entries=index_max_entries)
         self._retrievers: dict[tuple[str, str], Retriever] = {}
         self._retriever_lock = threading.Lock()
@@ -191,19 +193,22 @@ class Engine:
         task = get_task(task_name)
         index = self.index.get(user_id, task.name)
         retriever = self.retriever(retriever_name, task, index)
-        if isinstance(retriever, DenseRetriever):
-            with self.index.retrieval_lock:
-                if retriever_name not in index.built_with:  # embed the new version's entries once
-                    if index.entries:
-                        retriever.embed([task.entry_text(e) for e in index.entries])
-                    index.built_with.add(retriever_name)
-                entries, scores = retriever(text, index.entries, k)
-        elif isinstance(retriever, BM25Retriever):
-            with index.lock:  # this user's own instance: users do not wait for each other
-                entries, scores = retriever(text, index.entries, k)
-        else:
+        with self._retrieval_lock(retriever_name, index):
+            if retriever_name not in index.built_with:  # per-entry work (embeddings) once per version
+                retriever.prepare([], [index.entries], show_progress=False)
+                index.built_with.add(retriever_name)
             entries, scores = retriever(text, index.entries, k)
         return Prepared(task, text, entries, scores, (time.perf_counter() - started) * 1000)
+
+    def _retrieval_lock(self, retriever_name: str, index: _Index):
+        """Dense retrieval holds the global lock: every user's dense retriever shares the encoder, whose
+        tokenizer is not safe across threads. A user's BM25 holds that user's lock only (its own instance:
+        users do not wait for each other). The shared retrievers keep no state."""
+        if retriever_name == "dense":
+            return self.index.retrieval_lock
+        if retriever_name in PER_USER_RETRIEVERS:
+            return index.lock
+        return nullcontext()
 
     def run_batch(self, batch: Sequence[Prepared]) -> list[Generated]:
         """Prompts, one generation call, parsing (runs on the single generation thread)."""

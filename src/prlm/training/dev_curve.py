@@ -4,7 +4,7 @@ Every `dev_eval_steps` steps (and at step 0, the start policy, and at the
 last step) the policy answers a fixed subset of the dev split the way
 `prlm eval --method prlm` does: the reasoning prompt with the training
 retriever, k and prompt budget, greedy decoding for `max_completion_length`
-tokens, stopping at `</answer>`, the answer parsed by `prlm.prompts` and
+tokens, stopping at `</answer>`, the answer parsed by `prlm.answers` and
 scored by `prlm.evaluation`. (No budget forcing: the curve shows what the
 policy writes on its own.)
 
@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from prlm.answers import REASONING_METHOD, has_reasoning_format, parse_completion, stop_strings
 from prlm.data import get_task
 from prlm.evaluation import rouge
 from prlm.generation import HFGenerator, SamplingParams
 from prlm.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-from prlm.prompts import parse_completion, prompted_examples
-from prlm.reward.format import has_reasoning_format
+from prlm.prompts import prompted_examples
 
 EVALS_FOLDER = "dev_evals"
 BEST_FOLDER = "best"
@@ -52,14 +52,14 @@ def dev_questions(cfg, tokenizer) -> list[DevQuestion]:
     """The fixed dev subset (the first `dev_eval_limit` questions), prompted as training prompts are."""
     dev_cfg = replace(cfg, split="dev", limit=cfg.dev_eval_limit)
     return [DevQuestion(ex.id, ex.user_id, prompt.text, prompt.prefill, ex.gold)
-            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, "prlm")]
+            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, REASONING_METHOD)]
 
 
 def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: str, max_new_tokens: int,
                     batch_size: int = 8) -> tuple[list[dict], dict]:
     """Greedy answers of `model` to `questions`: per-question rows and the means (keys `dev/...`)."""
     task = get_task(task_name)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=["</answer>"])
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop_strings(REASONING_METHOD))
     was_training = model.training
     model.eval()
     cuda = [model.device.index or 0] if model.device.type == "cuda" else []
@@ -72,7 +72,7 @@ def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: s
         model.train(was_training)
     rows = []
     for question, completion in zip(questions, completions):
-        answer = parse_completion(completion, "prlm", task, prefill=question.prefill).answer
+        answer = parse_completion(completion, REASONING_METHOD, task, prefill=question.prefill).answer
         rows.append({"id": question.id, "user_id": question.user_id, "answer": answer, "gold": question.gold,
                      "rougeL": rouge(answer, question.gold)["rougeL"],
                      "format_ok": has_reasoning_format(completion, question.prefill), "completion": completion})

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from prlm import PrlmError
+from prlm.answers import ANSWER_CLOSE, REASONING_METHOD, reply_after_prefill
 from prlm.data import get_task
 from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from prlm.prompts import prompted_examples
@@ -30,10 +31,10 @@ def warmup_completion(task, entries, query: str, gold: str) -> str:
     Kept short so that reasoning and answer fit the completion budget."""
     about = " ".join(task.query(query).split()[:8])
     if entries:
-        style = f'The user\'s closest past {task.output_name}: "{entries[0][task.output_field]}".'
+        closest = f'The user\'s closest past {task.output_name}: "{entries[0][task.output_field]}".'
     else:
-        style = f"No past {task.output_name}s are given."
-    return f" {style} The new text is about: {about}</think>\n<answer>{gold}</answer>"
+        closest = f"No past {task.output_name}s are given."
+    return reply_after_prefill(f" {closest} The new text is about: {about}", gold)
 
 
 def in_warmup_share(question_id: str, share: float) -> bool:
@@ -49,7 +50,7 @@ def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
     """One row per training question: the reasoning prompt plus the columns the rewards read,
     and whether the warm-up trains on it (`warmup`)."""
     task = get_task(cfg.task)
-    prompted = list(prompted_examples(cfg, tokenizer, "prlm"))
+    prompted = list(prompted_examples(cfg, tokenizer, REASONING_METHOD))
     rows = [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
              "retrieved_ids": [e["id"] for e in used],
              "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
@@ -256,7 +257,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
         from prlm.training.rollout import SharedPrefixRollout
 
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
-        rollout_func = SharedPrefixRollout(stop_strings=("</answer>",) if cfg.stop_at_answer else ())
+        rollout_func = SharedPrefixRollout(stop_strings=(ANSWER_CLOSE,) if cfg.stop_at_answer else ())
     trainer_class = GRPOTrainer
     if cfg.uses_prefix_sharing:
         from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
