@@ -15,18 +15,14 @@ resumes where it stopped, and a changed option reruns what depends on it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from prlm import PrlmError
 from prlm.config import check_choice, load_yaml, opt
-from prlm.io import atomic_write_json
+from prlm.stages import Stage, run_stages
 
 
 @dataclass
@@ -110,37 +106,6 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 raise PrlmError(f"override '{item}': '{parent}' is not a section")
         target[leaf] = yaml.safe_load(raw)
     return values
-
-
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Stage:
-    name: str
-    config: dict
-    run: Callable[[], None]
-    deps: list[str] = field(default_factory=list)
-
-
-def run_stages(out: Path, stages: list[Stage], log=print) -> dict[str, str]:
-    """Run stages in order, skipping those whose fingerprint is recorded; returns what each did."""
-    prints, status = {}, {}
-    for stage in stages:
-        prints[stage.name] = fingerprint({"config": stage.config, "deps": [prints[d] for d in stage.deps]})
-        marker = out / "stages" / f"{stage.name}.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == prints[stage.name]:
-            log(f"[{stage.name}] done earlier with the same config: skipped")
-            status[stage.name] = "skipped"
-            continue
-        log(f"[{stage.name}] running")
-        started = time.time()
-        stage.run()
-        atomic_write_json(marker, {"fingerprint": prints[stage.name], "config": stage.config,
-                                   "wall_time_s": round(time.time() - started, 1)})
-        status[stage.name] = "ran"
-    return status
 
 
 def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> list[Stage]:

@@ -25,7 +25,8 @@ import yaml
 
 from prlm import PrlmError
 from prlm.config import check_choice, load_yaml, opt
-from prlm.study import Stage, apply_overrides, fingerprint, run_stages
+from prlm.stages import Stage, fingerprint, run_stages
+from prlm.study import apply_overrides
 
 GRID_METHODS = ("rag", "prlm")
 SWEEP_METHODS = ("no-profile",) + GRID_METHODS
