@@ -3,6 +3,11 @@
 Stages: data -> retrieval -> rm-pairs -> rm-train -> train -> eval-no-profile,
 eval-rag, eval-prlm (eval-warmup-only) -> report.
 
+The retrieval stage ranks each split once (`out/retrieval/rankings/SPLIT.jsonl`,
+as the sweep does); the pairs, training and evaluation stages that retrieve as
+the study does read those rankings instead of retrieving again, and depend on
+that stage (see `StudyRanking`).
+
 The protocol: every evaluation of a recipe is on `eval_split` (dev, or train),
 where its choices are made; the test split is evaluated only by the explicit
 final step, `prlm run CONFIG --final`, which reuses the trained models and
@@ -21,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from prlm import PrlmError
-from prlm.config import check_choice, load_yaml, opt
+from prlm.config import ProfileDataConfig, check_choice, load_yaml, opt
 from prlm.stages import Stage, run_stages
 
 
@@ -114,10 +119,11 @@ def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recip
     split = "test" if final else cfg.eval_split
     evals = out / ("final-test" if final else "eval")
     prefix = "final-" if final else "eval-"
+    ranking = StudyRanking(cfg)
     methods = _eval_methods(cfg)
-    eval_stages = {name: _eval_stage(cfg, split, evals, prefix, name, method_opts)
+    eval_stages = {name: _eval_stage(cfg, split, evals, prefix, name, method_opts, ranking)
                    for name, method_opts in methods.items()}  # every evaluation validated before any stage runs
-    stages = _data_stages(cfg)
+    stages = [_data_stage(cfg)]
     # Baselines first: their results come early and do not wait for training.
     for name in ("no-profile", "rag"):
         if name in cfg.baselines:
@@ -125,16 +131,17 @@ def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recip
         else:
             del methods[name]
 
-    rm_stages, train_cfg = _reward_model_stages(cfg)
-    train = _train_stage(cfg, train_cfg, deps=["data"] + (["rm-train"] if rm_stages else []))
+    rm_stages, train_cfg = _reward_model_stages(cfg, ranking)
+    train = _train_stage(cfg, train_cfg, ["data"] + (["rm-train"] if rm_stages else []), ranking)
     stages += rm_stages + [train, eval_stages["prlm"]]
     if cfg.eval_warmup_only and int(train.config.get("sft_steps", 0)) > 0:
         methods["warmup-only"] = dict(methods["prlm"], model=str(out / "train" / "sft-model"))
-        stages.append(_eval_stage(cfg, split, evals, prefix, "warmup-only", methods["warmup-only"]))
+        stages.append(_eval_stage(cfg, split, evals, prefix, "warmup-only", methods["warmup-only"], ranking))
     eval_names = [f"{prefix}{n}" for n in methods]
     if cfg.results_data:
         stages.append(_results_stage(cfg, methods, evals, command, recipe, eval_names))
     stages.append(_report_stage(cfg, evals, list(methods), f"{'final-' if final else ''}report", eval_names))
+    stages.insert(1, _retrieval_stage(cfg, ranking))  # after the data; built last, when its readers are known
     return stages
 
 
@@ -143,19 +150,22 @@ def _shared_options(cfg: StudyConfig) -> dict:
     return dict(task=cfg.task, data=cfg.data, retriever=cfg.retriever, k=cfg.k, seed=cfg.seed)
 
 
-def _data_stages(cfg: StudyConfig) -> list[Stage]:
-    """The dataset (generated, or checked when it is given) and what each question retrieves."""
+def _data_stage(cfg: StudyConfig) -> Stage:
+    """The dataset: generated, or checked when it is given."""
     if cfg.synthetic is not None:
         def make_data():
             from prlm.data.synthetic import write_synthetic
 
             write_synthetic(cfg.data, **cfg.synthetic)
-        data = Stage("data", {"synthetic": cfg.synthetic, "data": cfg.data}, make_data)
-    else:
-        data = Stage("data", {"data": cfg.data, "task": cfg.task}, lambda: _check_data(cfg))
-    retrieval = Stage("retrieval", _shared_options(cfg), lambda: _record_retrieval(cfg, Path(cfg.out) / "retrieval"),
-                      deps=["data"])
-    return [data, retrieval]
+        return Stage("data", {"synthetic": cfg.synthetic, "data": cfg.data}, make_data)
+    return Stage("data", {"data": cfg.data, "task": cfg.task}, lambda: _check_data(cfg))
+
+
+def _retrieval_stage(cfg: StudyConfig, ranking: StudyRanking) -> Stage:
+    """Each split ranked once, as deep as the stages that read the ranking need (built after them)."""
+    depth = ranking.depth
+    return Stage("retrieval", {**_shared_options(cfg), "depth": depth},
+                 lambda: _record_retrieval(cfg, Path(cfg.out) / "retrieval", depth), deps=["data"])
 
 
 def _eval_methods(cfg: StudyConfig) -> dict[str, dict]:
@@ -170,23 +180,25 @@ def _eval_methods(cfg: StudyConfig) -> dict[str, dict]:
     }
 
 
-def _eval_stage(cfg: StudyConfig, split: str, evals: Path, prefix: str, name: str, method_opts: dict) -> Stage:
+def _eval_stage(cfg: StudyConfig, split: str, evals: Path, prefix: str, name: str, method_opts: dict,
+                ranking: StudyRanking) -> Stage:
     """One method evaluated on `split` into evals/NAME; the trained policies wait for training."""
     from prlm.config import EvalConfig
 
     opts = {**dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.eval_limit, seed=cfg.seed,
                    max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size),
             **method_opts, "out": str(evals / name)}
-    EvalConfig(**opts)
+    eval_cfg = EvalConfig(**opts)
 
     def evaluate():
         from prlm.pipeline import run_eval
 
-        run_eval(EvalConfig(**opts))
-    return Stage(f"{prefix}{name}", opts, evaluate, deps=["train"] if name in ("prlm", "warmup-only") else ["data"])
+        run_eval(EvalConfig(**opts), retriever=ranking.retriever(eval_cfg))
+    deps = ["train"] if name in ("prlm", "warmup-only") else ["data"]
+    return ranking.serve(Stage(f"{prefix}{name}", opts, evaluate, deps=deps), eval_cfg)
 
 
-def _reward_model_stages(cfg: StudyConfig) -> tuple[list[Stage], dict]:
+def _reward_model_stages(cfg: StudyConfig, ranking: StudyRanking) -> tuple[list[Stage], dict]:
     """The reward model's stages (none when it is reused or not used) and the training options that point at it."""
     train_cfg = dict(cfg.train)
     if not cfg.uses_reward_model:
@@ -204,11 +216,12 @@ def _reward_model_stages(cfg: StudyConfig) -> tuple[list[Stage], dict]:
                          out=str(pairs_file)), **cfg.rm.get("pairs", {})}
     rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
                **cfg.rm.get("train", {})}
+    from prlm.reward.pairs import PairsConfig, build_pairs
+
+    pairs_cfg = PairsConfig(**pairs_opts)
 
     def make_pairs():
-        from prlm.reward.pairs import PairsConfig, build_pairs
-
-        build_pairs(PairsConfig(**pairs_opts))
+        build_pairs(PairsConfig(**pairs_opts), retriever=ranking.retriever(pairs_cfg))
 
     def train_rm():
         from prlm.reward.model import TrainConfig as RMTrainConfig
@@ -216,24 +229,24 @@ def _reward_model_stages(cfg: StudyConfig) -> tuple[list[Stage], dict]:
 
         train_reward_model(RMTrainConfig(**rm_opts))
     train_cfg.setdefault("reward_model", str(rm_dir))
-    return [Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]),
+    return [ranking.serve(Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]), pairs_cfg),
             Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"])], train_cfg
 
 
-def _train_stage(cfg: StudyConfig, train_cfg: dict, deps: list[str]) -> Stage:
+def _train_stage(cfg: StudyConfig, train_cfg: dict, deps: list[str], ranking: StudyRanking) -> Stage:
     """GRPO training of the policy; a rerun after a crash resumes from the last checkpoint."""
     from prlm.training.config import TrainConfig
 
     train_opts = {**dict(_shared_options(cfg), model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
                          out=str(Path(cfg.out) / "train")), **train_cfg}
-    TrainConfig(**train_opts)  # validate before any stage runs
+    checked = TrainConfig(**train_opts)  # validate before any stage runs
 
     def train_policy():
         from prlm.training.grpo import last_checkpoint, train_grpo
 
         resume = last_checkpoint(train_opts["out"]) is not None  # a crashed run continues
-        train_grpo(TrainConfig(**{**train_opts, "resume": resume}))
-    return Stage("train", train_opts, train_policy, deps=deps)
+        train_grpo(TrainConfig(**{**train_opts, "resume": resume}), retriever=ranking.retriever(checked))
+    return ranking.serve(Stage("train", train_opts, train_policy, deps=deps), checked)
 
 
 def _report_stage(cfg: StudyConfig, evals: Path, methods: list[str], name: str, deps: list[str]) -> Stage:
@@ -274,29 +287,75 @@ def _check_data(cfg: StudyConfig) -> None:
         load_split(cfg.data, split, cfg.task, require_golds=True)
 
 
-def _record_retrieval(cfg: StudyConfig, folder: Path) -> None:
-    """What each question retrieves, per split, for inspection (retrieved ids and scores)."""
+class StudyRanking:
+    """Each split's ranking by the study's retriever, computed once by the retrieval stage and read by every
+    stage that retrieves as it does: the same data, task, retriever, encoder and seed (a stage that sets its own
+    retriever, say, retrieves by itself). Those stages depend on the retrieval stage, so a new ranking reruns them;
+    the ranking goes as deep as the largest k among them. Retrievers sort stably, so the top k of the ranking are
+    the entries the stage's own retriever would return."""
+
+    ENCODER = ProfileDataConfig.encoder
+    """The encoder the study ranks with (dense retrieval): the stages' default."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.readers: dict[str, int] = {}
+        """Stage name -> the k it reads."""
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.cfg.out) / "retrieval" / "rankings"
+
+    @property
+    def depth(self) -> int:
+        return max([self.cfg.k, *self.readers.values()])
+
+    def reads(self, stage_cfg) -> bool:
+        """Whether a stage with this config (a ProfileDataConfig) retrieves as the study ranks."""
+        cfg = self.cfg
+        # `none` retrieves nothing: there is nothing to store (and no-profile evaluations use it).
+        return (stage_cfg.retriever == cfg.retriever != "none" and stage_cfg.task == cfg.task
+                and stage_cfg.data == cfg.data and stage_cfg.seed == cfg.seed and stage_cfg.encoder == self.ENCODER)
+
+    def serve(self, stage: Stage, stage_cfg) -> Stage:
+        """`stage`, depending on the retrieval stage when it reads the ranking."""
+        if self.reads(stage_cfg):
+            stage.deps.append("retrieval")
+            self.readers[stage.name] = stage_cfg.k
+        return stage
+
+    def retriever(self, stage_cfg):
+        """A `RankedRetriever` over every split's ranking for a stage that reads it, else None (it retrieves)."""
+        from prlm.data import get_task
+        from prlm.retrieval import ranked_retriever
+
+        if not self.reads(stage_cfg):
+            return None
+        return ranked_retriever(get_task(self.cfg.task), self.cfg.retriever, *sorted(self.folder.glob("*.jsonl")))
+
+
+def _record_retrieval(cfg: StudyConfig, folder: Path, depth: int) -> None:
+    """Each split's ranking, `depth` deep (rankings/SPLIT.jsonl, read by the later stages), and what each
+    question retrieves, for inspection (SPLIT.jsonl: the top k ids and scores)."""
     from prlm.data import SPLITS, get_task, load_split
     from prlm.data.lamp import split_files
     from prlm.io import atomic_write_jsonl
-    from prlm.retrieval import DenseRetriever, make_retriever
+    from prlm.retrieval import make_retriever, retrieve_split, save_rankings
 
     task = get_task(cfg.task)
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed)
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=StudyRanking.ENCODER)
     for split in SPLITS:
         try:
             split_files(cfg.data, split)
         except PrlmError:
             continue  # a dataset may lack a split (e.g. LaMP's hidden test golds)
         dataset = load_split(cfg.data, split, task)
-        if isinstance(retriever, DenseRetriever):
-            retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
-        rows = []
-        for ex in dataset.examples:
-            entries, scores = retriever(ex.input, ex.profile, cfg.k)
-            rows.append({"id": ex.id, "user_id": ex.user_id,
-                         "retrieved": [{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries, scores)]})
-        atomic_write_jsonl(folder / f"{split}.jsonl", rows)
+        rows = retrieve_split(retriever, dataset.examples, depth)
+        save_rankings(folder / "rankings" / f"{split}.jsonl", rows)
+        atomic_write_jsonl(folder / f"{split}.jsonl", [
+            {"id": ex.id, "user_id": ex.user_id,
+             "retrieved": [{"id": entry_id, "score": score} for entry_id, score in row["ranking"][:cfg.k]]}
+            for ex, row in zip(dataset.examples, rows)])
 
 
 def run_study(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> dict[str, str]:

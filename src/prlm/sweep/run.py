@@ -54,30 +54,19 @@ def retrieval_file(cfg: SweepConfig, retriever: str) -> Path:
 def rank_split(cfg: SweepConfig, retriever_name: str, depth: int) -> None:
     """Rank every question's profile once, top `depth`, with scores."""
     from prlm.data import get_task, load_split
-    from prlm.io import atomic_write_jsonl
-    from prlm.retrieval import DenseRetriever, make_retriever, ranking_key
+    from prlm.retrieval import make_retriever, retrieve_split, save_rankings
 
     task = get_task(cfg.task)
     dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None, require_golds=True)
     retriever = make_retriever(retriever_name, task, seed=cfg.seed, encoder=cfg.encoder)
-    if isinstance(retriever, DenseRetriever):
-        retriever.prepare([ex.input for ex in dataset.examples], [ex.profile for ex in dataset.examples])
-    rows = []
-    for ex in dataset.examples:
-        entries, scores = retriever(ex.input, ex.profile, depth)
-        rows.append({"id": ex.id, "key": ranking_key(ex.input, ex.profile),
-                     "ranking": [[e["id"], round(s, 6)] for e, s in zip(entries, scores)]})
-    atomic_write_jsonl(retrieval_file(cfg, retriever_name), rows)
+    save_rankings(retrieval_file(cfg, retriever_name), retrieve_split(retriever, dataset.examples, depth))
 
 
 def load_ranked_retriever(cfg: SweepConfig, retriever_name: str):
     from prlm.data import get_task
-    from prlm.io import read_jsonl
-    from prlm.retrieval import RankedRetriever
+    from prlm.retrieval import ranked_retriever
 
-    rows = read_jsonl(retrieval_file(cfg, retriever_name))
-    return RankedRetriever(get_task(cfg.task), retriever_name,
-                           {r["key"]: [(i, s) for i, s in r["ranking"]] for r in rows})
+    return ranked_retriever(get_task(cfg.task), retriever_name, retrieval_file(cfg, retriever_name))
 
 
 # --- stages --------------------------------------------------------------------

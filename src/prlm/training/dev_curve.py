@@ -48,11 +48,12 @@ class DevQuestion:
     gold: str
 
 
-def dev_questions(cfg, tokenizer) -> list[DevQuestion]:
-    """The fixed dev subset (the first `dev_eval_limit` questions), prompted as training prompts are."""
+def dev_questions(cfg, tokenizer, retriever=None) -> list[DevQuestion]:
+    """The fixed dev subset (the first `dev_eval_limit` questions), prompted as training prompts are
+    (`retriever`: rankings computed once, or None to retrieve as `cfg` says)."""
     dev_cfg = replace(cfg, split="dev", limit=cfg.dev_eval_limit)
     return [DevQuestion(ex.id, ex.user_id, prompt.text, prompt.prefill, ex.gold)
-            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, REASONING_METHOD)]
+            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, REASONING_METHOD, retriever)]
 
 
 def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: str, max_new_tokens: int,
@@ -145,8 +146,8 @@ class DevCurve(TrainerCallback):
         self.best_score = summary[SCORE_KEY]
 
 
-def make_dev_curve(cfg, tokenizer, log, resumed: bool) -> DevCurve:
-    return DevCurve(cfg, dev_questions(cfg, tokenizer), log, resumed)
+def make_dev_curve(cfg, tokenizer, log, resumed: bool, retriever=None) -> DevCurve:
+    return DevCurve(cfg, dev_questions(cfg, tokenizer, retriever), log, resumed)
 
 
 def plot_learning_curve(run: str | Path, png: str | Path | None = None) -> Path:

@@ -46,11 +46,11 @@ def in_warmup_share(question_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def training_rows(cfg: TrainConfig, tokenizer) -> list[dict]:
+def training_rows(cfg: TrainConfig, tokenizer, retriever=None) -> list[dict]:
     """One row per training question: the reasoning prompt plus the columns the rewards read,
-    and whether the warm-up trains on it (`warmup`)."""
+    and whether the warm-up trains on it (`warmup`). `retriever`: see `train_grpo`."""
     task = get_task(cfg.task)
-    prompted = list(prompted_examples(cfg, tokenizer, REASONING_METHOD))
+    prompted = list(prompted_examples(cfg, tokenizer, REASONING_METHOD, retriever))
     rows = [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
              "retrieved_ids": [e["id"] for e in used],
              "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
@@ -270,11 +270,13 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
                          callbacks=list(callbacks))
 
 
-def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
+def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = (), retriever=None) -> Path:
     """Warm-up (once) then GRPO; returns the folder of the final policy (`out/final`).
 
     `extra_rewards`: (reward_function, weight) pairs added to PrLM's terms, for
-    custom objectives; each function has TRL's reward signature.
+    custom objectives; each function has TRL's reward signature. `retriever` may be
+    passed to reuse retrievals computed once (a `RankedRetriever` holding the train and
+    dev splits' rankings) for the training prompts and the dev curve.
     """
     from prlm.models import load_policy
 
@@ -291,7 +293,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     warm = out / "sft-model"
     done_warmup = cfg.warmup_from or (str(warm) if cfg.sft_steps and (warm / "config.json").is_file() else "")
     model, tokenizer = load_policy(done_warmup or cfg.model, device="cpu")  # the Trainer moves it to its device
-    rows = training_rows(cfg, tokenizer)
+    rows = training_rows(cfg, tokenizer, retriever)
     if not rows:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
     warmup_rows, grpo_rows = split_questions(cfg, rows)
@@ -308,7 +310,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = ()) -> Path:
     if cfg.dev_eval_steps:
         from prlm.training.dev_curve import make_dev_curve
 
-        dev_curve = make_dev_curve(cfg, tokenizer, log, resumed=resume_from is not None)
+        dev_curve = make_dev_curve(cfg, tokenizer, log, resumed=resume_from is not None, retriever=retriever)
         # The step logger comes first so that its step time does not include the evaluation.
         callbacks = [make_step_callback(log, dev_curve.take_pending), dev_curve]
     trainer = build_trainer(cfg, model, tokenizer, grpo_rows, callbacks, extra_rewards)
