@@ -137,3 +137,33 @@ def test_bm25_equals_rank_bm25_bit_for_bit_on_every_split():
             reference = BM25Okapi([task.entry_text(e).split() for e in ex.profile])
             np.testing.assert_array_equal(retriever.scores(ex.input, ex.profile),
                                           reference.get_scores(task.query(ex.input).split()))
+
+
+@pytest.mark.parametrize("method", ["bm25", "random", "recency"])
+def test_rankings_stored_once_serve_every_k_as_the_retriever_would(tmp_path, method):
+    from prlm.retrieval import ranked_retriever, retrieve_each, retrieve_split, save_rankings
+
+    from types import SimpleNamespace
+
+    examples = [SimpleNamespace(**q) for q in lamp4_questions(n=4, profile_size=8)[0]]
+    rows = retrieve_split(make_retriever(method, TASK, seed=3), examples, depth=5)
+    assert [r["id"] for r in rows] == [ex.id for ex in examples] and all(len(r["ranking"]) == 5 for r in rows)
+    save_rankings(tmp_path / "train.jsonl", rows)
+    ranked = ranked_retriever(TASK, method, tmp_path / "train.jsonl")
+    for k in (1, 3, 5):
+        direct = retrieve_each(make_retriever(method, TASK, seed=3), examples, k)
+        served = retrieve_each(ranked, examples, k)
+        assert [[e["id"] for e in entries] for entries, _ in served] == [[e["id"] for e in entries]
+                                                                          for entries, _ in direct]
+        assert [s for _, scores in served for s in scores] == [round(s, 6) for _, scores in direct for s in scores]
+    with pytest.raises(PrlmError, match="larger k"):
+        ranked(examples[0].input, examples[0].profile, 6)
+
+
+def test_prepare_is_a_no_op_unless_a_retriever_batches_work():
+    retriever = make_retriever("bm25", TASK)
+    retriever.prepare([], [])
+    retriever.prepare(["q"], [_profile()])  # nothing to do for BM25: it indexes a profile when it is queried
+    dense = make_retriever("dense", TASK)
+    dense.prepare([], [[]])  # nothing to embed: the encoder is not even loaded
+    assert dense._model is None and dense.cached_texts == []

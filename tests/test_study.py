@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,38 @@ def test_results_records_are_kept_when_asked(tmp_path):
     cfg = load_study_config(recipe, [f"out={tmp_path}", "results_data=git-commit-subject"])
     names = [s.name for s in build_stages(cfg, final=True, command="prlm run x --final", recipe="x")]
     assert names[-2:] == ["results-final-test", "final-report"]
+
+
+def test_stages_that_retrieve_as_the_study_read_its_ranking(tmp_path):
+    cfg = load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", "rm.pairs.k=6"])
+    stages = {s.name: s for s in build_stages(cfg)}
+    readers = {name for name, s in stages.items() if "retrieval" in s.deps}
+    assert readers == {"eval-rag", "rm-pairs", "train", "eval-prlm"}  # no-profile retrieves nothing
+    assert stages["retrieval"].config["depth"] == 6  # as deep as the deepest reader
+    own = {s.name: s for s in build_stages(load_study_config(
+        str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", "train.retriever=recency"]))}
+    assert "retrieval" not in own["train"].deps and "retrieval" in own["eval-rag"].deps
+
+
+def test_the_recorded_ranking_serves_what_the_stages_would_retrieve(tmp_path):
+    from prlm.config import EvalConfig
+    from prlm.data import get_task, load_split
+    from prlm.data.synthetic import write_synthetic
+    from prlm.retrieval import RankedRetriever, make_retriever
+    from prlm.study import StudyRanking, _record_retrieval
+
+    cfg = load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path}", "k=2"])
+    write_synthetic(cfg.data, num_users=4, profile_size=5, questions_per_user=(2, 1, 1))
+    ranking = StudyRanking(cfg)
+    _record_retrieval(cfg, tmp_path / "retrieval", depth=3)
+    rag = EvalConfig(task=cfg.task, data=cfg.data, split="dev", retriever="bm25", out=str(tmp_path / "e"))
+    served = ranking.retriever(rag)
+    assert isinstance(served, RankedRetriever)
+    assert ranking.retriever(EvalConfig(**{**rag.__dict__, "method": "no-profile"})) is None
+    task = get_task(cfg.task)
+    for split in ("train", "dev", "test"):
+        for ex in load_split(cfg.data, split, task).examples:
+            want, _ = make_retriever("bm25", task)(ex.input, ex.profile, 3)
+            assert [e["id"] for e in served(ex.input, ex.profile, 3)[0]] == [e["id"] for e in want]
+    inspection = (tmp_path / "retrieval" / "dev.jsonl").read_text().splitlines()
+    assert all(len(json.loads(line)["retrieved"]) == 2 for line in inspection)  # the study's k, as before
