@@ -35,41 +35,24 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     started = time.time()
     check_output_dir(cfg.out)  # before any model loads: a bad --out would otherwise fail after generation
     task = get_task(cfg.task)
-    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None,
-                         allow_empty_profiles=cfg.allow_empty_profiles, require_golds=not cfg.predict_only,
-                         allow_task_mismatch=cfg.allow_task_mismatch)
-    if cfg.predict_only:
-        for ex in dataset.examples:
-            ex.gold = None  # a submission never looks at golds, even when the folder has them
-    if not dataset.examples:
-        raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
+    examples = _questions(cfg, task)
     if retriever is None:
         retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=cfg.encoder)
-    hits = retrieve_each(retriever, dataset.examples, cfg.k)
+    hits = retrieve_each(retriever, examples, cfg.k)
     if generator is None:
         generator, tokenizer = make_generator(cfg.model, cfg.backend, cfg.device, cfg.batch_size)
-    retrieved = [[{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries, scores)] for entries, scores in hits]
-    prompts = build_prompts(task, dataset.examples, hits, cfg.method, tokenizer, cfg.max_prompt_tokens)
-
-    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed, stop=stop_strings(cfg.method))
-    completions = [c[0] for c in generator.generate([p.text for p in prompts], params, progress=progress,
-                                                    desc=f"{cfg.method} on {cfg.split}")]
-    formatted = [has_reasoning_format(c, p.prefill) for c, p in zip(completions, prompts)]
-    parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
-    forced = set()
+    prompts = build_prompts(task, examples, hits, cfg.method, tokenizer, cfg.max_prompt_tokens)
+    completions, formatted, parsed, forced = _answer(cfg, task, generator, prompts, progress)
+    per_example, means = ({ex.id: {} for ex in examples}, {}) if cfg.predict_only else score_predictions(
+        {ex.id: r.answer for ex, r in zip(examples, parsed)}, {ex.id: ex.gold for ex in examples})
     reasons = cfg.method == REASONING_METHOD
-    if reasons and cfg.force_answer_tokens:
-        forced = {i for i, result in enumerate(parsed) if not result.answer}
-        completions = force_answers(generator, prompts, completions, sorted(forced), cfg, progress)
-        parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
-    per_example, means = ({ex.id: {} for ex in dataset.examples}, {}) if cfg.predict_only else score_predictions(
-        {ex.id: r.answer for ex, r in zip(dataset.examples, parsed)}, {ex.id: ex.gold for ex in dataset.examples})
     rows = []
-    for index, (ex, hits, prompt, completion, result) in enumerate(
-            zip(dataset.examples, retrieved, prompts, completions, parsed)):
+    for index, (ex, (entries, scores), prompt, completion, result) in enumerate(
+            zip(examples, hits, prompts, completions, parsed)):
+        used = prompt.entries_used  # the entries the token budget left in the prompt
         rows.append({
-            "id": ex.id, "user_id": ex.user_id, "retrieved": hits[:prompt.entries_used],
+            "id": ex.id, "user_id": ex.user_id,
+            "retrieved": [{"id": e["id"], "score": round(s, 6)} for e, s in zip(entries[:used], scores[:used])],
             "prompt": prompt.user, "prompt_tokens": prompt.num_tokens, "completion": completion,
             "reasoning": result.reasoning, "answer": result.answer, "gold": ex.gold,
             "metrics": per_example[ex.id],
@@ -93,6 +76,34 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     }
     write_run(cfg.out, rows, summary, task.name)
     return summary
+
+
+def _questions(cfg: EvalConfig, task) -> list:
+    dataset = load_split(cfg.data, cfg.split, task, limit=cfg.limit or None,
+                         allow_empty_profiles=cfg.allow_empty_profiles, require_golds=not cfg.predict_only,
+                         allow_task_mismatch=cfg.allow_task_mismatch)
+    if cfg.predict_only:
+        for ex in dataset.examples:
+            ex.gold = None  # a submission never looks at golds, even when the folder has them
+    if not dataset.examples:
+        raise PrlmError(f"split '{cfg.split}' of '{cfg.data}' has no questions")
+    return dataset.examples
+
+
+def _answer(cfg: EvalConfig, task, generator, prompts, progress: bool) -> tuple[list[str], list[bool], list, set]:
+    """(completions, format check of the first pass, parsed answers, indices whose answer was forced)."""
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed, stop=stop_strings(cfg.method))
+    completions = [c[0] for c in generator.generate([p.text for p in prompts], params, progress=progress,
+                                                    desc=f"{cfg.method} on {cfg.split}")]
+    formatted = [has_reasoning_format(c, p.prefill) for c, p in zip(completions, prompts)]
+    parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
+    forced = set()
+    if cfg.method == REASONING_METHOD and cfg.force_answer_tokens:
+        forced = {i for i, result in enumerate(parsed) if not result.answer}
+        completions = force_answers(generator, prompts, completions, sorted(forced), cfg, progress)
+        parsed = [parse_completion(c, cfg.method, task, prefill=p.prefill) for c, p in zip(completions, prompts)]
+    return completions, formatted, parsed, forced
 
 
 def force_answers(generator, prompts, completions: list[str], todo: list[int], cfg: EvalConfig,
