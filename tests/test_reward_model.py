@@ -309,7 +309,7 @@ def test_rm_commands_have_help(capsys):
 def test_train_config_from_yaml_and_flags(tmp_path):
     import yaml
 
-    from prlm.config import config_from_args
+    from prlm.options import config_from_args
 
     (tmp_path / "rm.yaml").write_text(yaml.safe_dump({"pairs": "p.jsonl", "out": "o", "lr": 1e-4, "epochs": 2}))
     args = build_parser().parse_args(["rm", "train", "--config", str(tmp_path / "rm.yaml"), "--epochs", "1"])

@@ -188,7 +188,7 @@ def test_recipes_parse(tmp_path):
 
 
 def test_ablation_recipes_remove_one_reward_term(tmp_path):
-    from prlm.config import build_config, load_yaml
+    from prlm.options import build_config, load_yaml
     from prlm.training.config import TrainConfig
 
     recipe = load_yaml(REPO / "configs" / "cpu-commit-subject.yaml")

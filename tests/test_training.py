@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from prlm import PrlmError
-from prlm.config import load_yaml
+from prlm.options import load_yaml
 from prlm.data.synthetic import write_synthetic
 from prlm.training.config import TrainConfig
 from prlm.training.grpo import grpo_kwargs, train_grpo

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from prlm import PrlmError, __version__
-from prlm.config import EvalConfig, add_config_args, config_from_args, to_dict
+from prlm.options import add_config_args, config_from_args, to_dict
+from prlm.pipeline import EvalConfig
 from prlm.io import check_output_dir
 
 

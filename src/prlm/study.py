@@ -25,8 +25,19 @@ from typing import Callable
 import yaml
 
 from prlm import PrlmError
-from prlm.config import check_choice, load_yaml, opt
+from prlm.options import check_choice, load_config, opt
 from prlm.io import atomic_write_json
+
+
+@dataclass
+class RewardModelSection:
+    """The `rm:` section of a study: checked key by key when the recipe loads, used as a mapping."""
+
+    pairs: dict = opt(None, "Options of `prlm rm pairs` (data, split, out and the model are the study's).",
+                      section="prlm.reward.pairs:PairsConfig")
+    train: dict = opt(None, "Options of `prlm rm train` (pairs and out are the study's).",
+                      section="prlm.reward.model:TrainConfig")
+    model: str = opt("", "A reward model trained earlier (its checkpoint folder), reused instead of training one.")
 
 
 @dataclass
@@ -34,7 +45,8 @@ class StudyConfig:
     out: str = opt("", "Folder of the study: data/, retrieval/, rm/, train/, eval/, report.md.")
     task: str = opt("synthetic", "Task name from the task table.")
     data: str = opt("", "Dataset folder in LaMP's layout; empty with `synthetic` set = out/data.")
-    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the data.")
+    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the data.",
+                          section="prlm.data.synthetic:SyntheticConfig")
     model: str = opt("smollm2-135m", "Policy model for every method.")
     retriever: str = opt("bm25", "Profile retriever for every method.")
     k: int = opt(4, "Profile entries retrieved per question.")
@@ -54,8 +66,9 @@ class StudyConfig:
     eval_warmup_only: bool = opt(False, "Also evaluate the policy after the supervised warm-up alone (before GRPO), "
                                  "to show what GRPO adds.")
     seed: int = opt(0, "Seed of every stage.")
-    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.")
-    train: dict = opt(None, "GRPO training options (see `prlm train --help`).")
+    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.",
+                   section="prlm.study:RewardModelSection")
+    train: dict = opt(None, "GRPO training options (see `prlm train --help`).", section="prlm.training.config:TrainConfig")
 
     def __post_init__(self):
         from prlm.data.lamp import SPLITS
@@ -88,28 +101,7 @@ class StudyConfig:
 
 def load_study_config(path: str, overrides: list[str] = ()) -> StudyConfig:
     """YAML plus `key=value` overrides; dotted keys reach sections (train.max_steps=5)."""
-    values = apply_overrides(load_yaml(path), overrides)
-    names = {f.name for f in dataclasses.fields(StudyConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return StudyConfig(**values)
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Set `key=value` items (values parsed as YAML) in `values`; dotted keys reach sections."""
-    for item in overrides:
-        if "=" not in item:
-            raise PrlmError(f"override '{item}' must look like key=value (e.g. train.max_steps=5)")
-        key, raw = item.split("=", 1)
-        target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise PrlmError(f"override '{item}': '{parent}' is not a section")
-        target[leaf] = yaml.safe_load(raw)
-    return values
+    return load_config(StudyConfig, path, overrides)
 
 
 def fingerprint(obj) -> str:
@@ -145,7 +137,7 @@ def run_stages(out: Path, stages: list[Stage], log=print) -> dict[str, str]:
 
 def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> list[Stage]:
     """The study's stages; `final` evaluates the test split with the models the dev runs chose."""
-    from prlm.config import EvalConfig
+    from prlm.pipeline import EvalConfig
     from prlm.training.config import TrainConfig
 
     out = Path(cfg.out)

@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from prlm import PrlmError
-from prlm.config import check_choice, load_yaml, opt
-from prlm.study import Stage, apply_overrides, fingerprint, run_stages
+from prlm.options import check_choice, load_config, opt
+from prlm.study import Stage, fingerprint, run_stages
 
 GRID_METHODS = ("rag", "prlm")
 SWEEP_METHODS = ("no-profile",) + GRID_METHODS
@@ -50,9 +50,10 @@ class SweepConfig:
     model: str = opt("smollm2-135m", "Base policy of no-profile and rag (and the start of sft).")
     prlm_model: str = opt("", "Trained PrLM policy (e.g. runs/commit-subject/train/final from `prlm run`).")
     sft: dict = opt(None, "Train the sft baseline in the sweep with these `prlm sft` options (e.g. {epochs: 1}); "
-                          "retriever, k, model and prompt length follow the main cell.")
+                          "retriever, k, model and prompt length follow the main cell.",
+                    section="prlm.training.sft:SFTConfig")
     sft_model: str = opt("", "Or evaluate an sft model trained earlier (`prlm sft`); empty with sft unset = no sft.")
-    extra_models: dict = opt(None, "Extra trained policies evaluated with the prlm prompt in the main cell, "
+    extra_models: dict[str, str] = opt(None, "Extra trained policies evaluated with the prlm prompt in the main cell, "
                                    "name: folder (e.g. {prlm-no-pers: runs/no-pers/final}).")
     max_prompt_tokens: int = opt(512, "Token limit of every prompt.")
     max_new_tokens: int = opt(32, "Answer length of no-profile, rag and sft.")
@@ -122,12 +123,7 @@ class SweepConfig:
 
 
 def load_sweep_config(path: str, overrides: list[str] = ()) -> SweepConfig:
-    values = apply_overrides(load_yaml(path), list(overrides))
-    names = {f.name for f in dataclasses.fields(SweepConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return SweepConfig(**values)
+    return load_config(SweepConfig, path, overrides)
 
 
 # --- cells -------------------------------------------------------------------
@@ -243,7 +239,7 @@ def load_ranked_retriever(cfg: SweepConfig, retriever_name: str):
 # --- stages --------------------------------------------------------------------
 
 def build_sweep_stages(cfg: SweepConfig) -> list[Stage]:
-    from prlm.config import EvalConfig
+    from prlm.pipeline import EvalConfig
 
     cells = sweep_cells(cfg)
     _check_models_exist(cfg, cells)
@@ -307,7 +303,7 @@ def _sft_stage(cfg: SweepConfig) -> Stage:
 
 
 def _evaluate(cfg: SweepConfig, cell: Cell, opts: dict, slot: ModelSlot) -> None:
-    from prlm.config import EvalConfig
+    from prlm.pipeline import EvalConfig
     from prlm.pipeline import run_eval
 
     generator, tokenizer = slot.get(cell.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from prlm.config import add_config_args, config_from_args
+from prlm.options import add_config_args, config_from_args
 
 
 def _cmd_pairs(args) -> None:

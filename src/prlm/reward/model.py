@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.options import check_choice, opt
 from prlm.io import atomic_write_json
 from prlm.reward.users import ROLES, UserPartition
 

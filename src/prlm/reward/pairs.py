@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Sequence
 
 from prlm import PrlmError
-from prlm.config import GenerationConfig, ProfileDataConfig, check_choice, opt
+from prlm.generation import GenerationConfig
+from prlm.options import check_choice, opt
+from prlm.retrieval import ProfileDataConfig
 from prlm.data.tasks import Task
 from prlm.io import atomic_write_json, atomic_write_text
 

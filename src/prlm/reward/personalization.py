@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prlm import PrlmError
-from prlm.config import opt
+from prlm.options import opt
 
 DEFAULT_NAME = "personalization"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.options import check_choice, opt
 
 # Where `make demo` leaves its trained policy; `--model auto` serves it when present.
 TRAINED_DEFAULT = "runs/demo/train/final"

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import ProfileDataConfig, check_choice, opt
+from prlm.options import check_choice, opt
+from prlm.retrieval import ProfileDataConfig
 
 
 @dataclass

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import ProfileDataConfig, opt
+from prlm.options import opt
+from prlm.retrieval import ProfileDataConfig
 from prlm.io import atomic_write_json, atomic_write_jsonl
 
 
