@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from prlm import PrlmError
-from prlm.study import Stage, build_stages, load_study_config, run_stages
+from prlm.stages import Stage, run_stages
+from prlm.study import build_stages, load_study_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from prlm import PrlmError
 from prlm.cli import main
 from prlm.data.synthetic import write_synthetic
 from prlm.sweep import SweepConfig, build_sweep_stages, load_sweep_config, sweep_cells
-from prlm.sweep_report import claim_sentence, section_markers, spreads
+from prlm.sweep.report import claim_sentence, section_markers, spreads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_spreads_and_the_claim():
 
 
 def test_relative_spreads_put_the_floor_in_view():
-    from prlm.sweep_report import relative_spread_sentence
+    from prlm.sweep.report import relative_spread_sentence
 
     methods = {"rag": {"mean_rougeL": 0.05, "mean_across_retrievers": 0.02, "mean_across_k": None},
                "prlm": {"mean_rougeL": 0.40, "mean_across_retrievers": 0.04, "mean_across_k": None}}
@@ -208,7 +208,7 @@ def test_ablation_recipes_remove_one_reward_term(tmp_path):
 
 
 def test_two_sweeps_report_into_one_file(tmp_path, tiny_data):
-    from prlm.sweep_report import insert_section
+    from prlm.sweep.report import insert_section
 
     docs = tmp_path / "results.md"
     docs.write_text("# Results\n")

@@ -15,18 +15,14 @@ resumes where it stopped, and a changed option reruns what depends on it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from prlm import PrlmError
 from prlm.options import check_choice, load_config, opt
-from prlm.io import atomic_write_json
+from prlm.stages import Stage, run_stages
 
 
 @dataclass
@@ -104,80 +100,16 @@ def load_study_config(path: str, overrides: list[str] = ()) -> StudyConfig:
     return load_config(StudyConfig, path, overrides)
 
 
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Stage:
-    name: str
-    config: dict
-    run: Callable[[], None]
-    deps: list[str] = field(default_factory=list)
-
-
-def run_stages(out: Path, stages: list[Stage], log=print) -> dict[str, str]:
-    """Run stages in order, skipping those whose fingerprint is recorded; returns what each did."""
-    prints, status = {}, {}
-    for stage in stages:
-        prints[stage.name] = fingerprint({"config": stage.config, "deps": [prints[d] for d in stage.deps]})
-        marker = out / "stages" / f"{stage.name}.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == prints[stage.name]:
-            log(f"[{stage.name}] done earlier with the same config: skipped")
-            status[stage.name] = "skipped"
-            continue
-        log(f"[{stage.name}] running")
-        started = time.time()
-        stage.run()
-        atomic_write_json(marker, {"fingerprint": prints[stage.name], "config": stage.config,
-                                   "wall_time_s": round(time.time() - started, 1)})
-        status[stage.name] = "ran"
-    return status
-
-
 def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> list[Stage]:
     """The study's stages; `final` evaluates the test split with the models the dev runs chose."""
-    from prlm.pipeline import EvalConfig
-    from prlm.training.config import TrainConfig
-
     out = Path(cfg.out)
     split = "test" if final else cfg.eval_split
     evals = out / ("final-test" if final else "eval")
     prefix = "final-" if final else "eval-"
-    shared = dict(task=cfg.task, data=cfg.data, retriever=cfg.retriever, k=cfg.k, seed=cfg.seed)
-    stages: list[Stage] = []
-
-    if cfg.synthetic is not None:
-        def make_data():
-            from prlm.data.synthetic import write_synthetic
-
-            write_synthetic(cfg.data, **cfg.synthetic)
-        stages.append(Stage("data", {"synthetic": cfg.synthetic, "data": cfg.data}, make_data))
-    else:
-        stages.append(Stage("data", {"data": cfg.data, "task": cfg.task}, lambda: _check_data(cfg)))
-
-    stages.append(Stage("retrieval", shared, lambda: _record_retrieval(cfg, out / "retrieval"), deps=["data"]))
-
-    trained = str(out / "train" / ("best" if cfg.checkpoint == "dev-best" else "final"))
-    eval_common = dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.eval_limit, seed=cfg.seed,
-                       max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
-    methods = {
-        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
-        "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
-                    max_new_tokens=cfg.eval_max_new_tokens),
-        "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
-                     max_new_tokens=cfg.prlm_max_new_tokens),
-    }
-    eval_stages = {}
-    for name, method_opts in methods.items():
-        opts = {**eval_common, **method_opts, "out": str(evals / name)}
-        EvalConfig(**opts)
-
-        def evaluate(opts=opts):
-            from prlm.pipeline import run_eval
-
-            run_eval(EvalConfig(**opts))
-        eval_stages[name] = Stage(f"{prefix}{name}", opts, evaluate, deps=["train"] if name == "prlm" else ["data"])
+    methods = _eval_methods(cfg)
+    eval_stages = {name: _eval_stage(cfg, split, evals, prefix, name, method_opts)
+                   for name, method_opts in methods.items()}  # every evaluation validated before any stage runs
+    stages = _data_stages(cfg)
     # Baselines first: their results come early and do not wait for training.
     for name in ("no-profile", "rag"):
         if name in cfg.baselines:
@@ -185,39 +117,107 @@ def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recip
         else:
             del methods[name]
 
+    rm_stages, train_cfg = _reward_model_stages(cfg)
+    train = _train_stage(cfg, train_cfg, deps=["data"] + (["rm-train"] if rm_stages else []))
+    stages += rm_stages + [train, eval_stages["prlm"]]
+    if cfg.eval_warmup_only and int(train.config.get("sft_steps", 0)) > 0:
+        methods["warmup-only"] = dict(methods["prlm"], model=str(out / "train" / "sft-model"))
+        stages.append(_eval_stage(cfg, split, evals, prefix, "warmup-only", methods["warmup-only"]))
+    eval_names = [f"{prefix}{n}" for n in methods]
+    if cfg.results_data:
+        stages.append(_results_stage(cfg, methods, evals, command, recipe, eval_names))
+    stages.append(_report_stage(cfg, evals, list(methods), f"{'final-' if final else ''}report", eval_names))
+    return stages
+
+
+def _shared_options(cfg: StudyConfig) -> dict:
+    """The options every stage from retrieval to training agrees on."""
+    return dict(task=cfg.task, data=cfg.data, retriever=cfg.retriever, k=cfg.k, seed=cfg.seed)
+
+
+def _data_stages(cfg: StudyConfig) -> list[Stage]:
+    """The dataset (generated, or checked when it is given) and what each question retrieves."""
+    if cfg.synthetic is not None:
+        def make_data():
+            from prlm.data.synthetic import write_synthetic
+
+            write_synthetic(cfg.data, **cfg.synthetic)
+        data = Stage("data", {"synthetic": cfg.synthetic, "data": cfg.data}, make_data)
+    else:
+        data = Stage("data", {"data": cfg.data, "task": cfg.task}, lambda: _check_data(cfg))
+    retrieval = Stage("retrieval", _shared_options(cfg), lambda: _record_retrieval(cfg, Path(cfg.out) / "retrieval"),
+                      deps=["data"])
+    return [data, retrieval]
+
+
+def _eval_methods(cfg: StudyConfig) -> dict[str, dict]:
+    """Each method's own evaluation options: the baselines with the base model, prlm with the trained policy."""
+    trained = str(Path(cfg.out) / "train" / ("best" if cfg.checkpoint == "dev-best" else "final"))
+    return {
+        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
+        "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
+                    max_new_tokens=cfg.eval_max_new_tokens),
+        "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
+                     max_new_tokens=cfg.prlm_max_new_tokens),
+    }
+
+
+def _eval_stage(cfg: StudyConfig, split: str, evals: Path, prefix: str, name: str, method_opts: dict) -> Stage:
+    """One method evaluated on `split` into evals/NAME; the trained policies wait for training."""
+    from prlm.pipeline import EvalConfig
+
+    opts = {**dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.eval_limit, seed=cfg.seed,
+                   max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size),
+            **method_opts, "out": str(evals / name)}
+    EvalConfig(**opts)
+
+    def evaluate():
+        from prlm.pipeline import run_eval
+
+        run_eval(EvalConfig(**opts))
+    return Stage(f"{prefix}{name}", opts, evaluate, deps=["train"] if name in ("prlm", "warmup-only") else ["data"])
+
+
+def _reward_model_stages(cfg: StudyConfig) -> tuple[list[Stage], dict]:
+    """The reward model's stages (none when it is reused or not used) and the training options that point at it."""
     train_cfg = dict(cfg.train)
-    train_deps = ["data"]
-    if cfg.uses_reward_model and cfg.rm.get("model"):
+    if not cfg.uses_reward_model:
+        train_cfg["w_pers"] = 0.0
+        return [], train_cfg
+    if cfg.rm.get("model"):
         rm_dir = Path(cfg.rm["model"])  # a reward model trained earlier: reuse it (checked when training starts)
         train_cfg.setdefault("reward_model", str(rm_dir))
-    elif cfg.uses_reward_model:
-        pairs_file = out / "rm" / "pairs.jsonl"
-        rm_dir = out / "rm" / "model"
-        pairs_opts = {**dict(shared, model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
-                             batch_size=cfg.batch_size, max_new_tokens=cfg.eval_max_new_tokens, split="train",
-                             out=str(pairs_file)), **cfg.rm.get("pairs", {})}
-        rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
-                   **cfg.rm.get("train", {})}
+        return [], train_cfg
+    out = Path(cfg.out)
+    pairs_file = out / "rm" / "pairs.jsonl"
+    rm_dir = out / "rm" / "model"
+    pairs_opts = {**dict(_shared_options(cfg), model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
+                         batch_size=cfg.batch_size, max_new_tokens=cfg.eval_max_new_tokens, split="train",
+                         out=str(pairs_file)), **cfg.rm.get("pairs", {})}
+    rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
+               **cfg.rm.get("train", {})}
 
-        def make_pairs():
-            from prlm.reward.pairs import PairsConfig, build_pairs
+    def make_pairs():
+        from prlm.reward.pairs import PairsConfig, build_pairs
 
-            build_pairs(PairsConfig(**pairs_opts))
+        build_pairs(PairsConfig(**pairs_opts))
 
-        def train_rm():
-            from prlm.reward.model import TrainConfig as RMTrainConfig
-            from prlm.reward.model import train_reward_model
+    def train_rm():
+        from prlm.reward.model import TrainConfig as RMTrainConfig
+        from prlm.reward.model import train_reward_model
 
-            train_reward_model(RMTrainConfig(**rm_opts))
-        stages.append(Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]))
-        stages.append(Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"]))
-        train_cfg.setdefault("reward_model", str(rm_dir))
-        train_deps.append("rm-train")
-    else:
-        train_cfg["w_pers"] = 0.0
+        train_reward_model(RMTrainConfig(**rm_opts))
+    train_cfg.setdefault("reward_model", str(rm_dir))
+    return [Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]),
+            Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"])], train_cfg
 
-    train_opts = {**dict(shared, model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
-                         out=str(out / "train")), **train_cfg}
+
+def _train_stage(cfg: StudyConfig, train_cfg: dict, deps: list[str]) -> Stage:
+    """GRPO training of the policy; a rerun after a crash resumes from the last checkpoint."""
+    from prlm.training.config import TrainConfig
+
+    train_opts = {**dict(_shared_options(cfg), model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
+                         out=str(Path(cfg.out) / "train")), **train_cfg}
     TrainConfig(**train_opts)  # validate before any stage runs
 
     def train_policy():
@@ -225,31 +225,19 @@ def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recip
 
         resume = last_checkpoint(train_opts["out"]) is not None  # a crashed run continues
         train_grpo(TrainConfig(**{**train_opts, "resume": resume}))
-    stages.append(Stage("train", train_opts, train_policy, deps=train_deps))
+    return Stage("train", train_opts, train_policy, deps=deps)
 
-    stages.append(eval_stages["prlm"])
-    if cfg.eval_warmup_only and int(train_opts.get("sft_steps", 0)) > 0:
-        methods["warmup-only"] = dict(methods["prlm"], model=str(out / "train" / "sft-model"))
-        opts = {**eval_common, **methods["warmup-only"], "out": str(evals / "warmup-only")}
 
-        def evaluate_warmup(opts=opts):
-            from prlm.pipeline import run_eval
-
-            run_eval(EvalConfig(**opts))
-        stages.append(Stage(f"{prefix}warmup-only", opts, evaluate_warmup, deps=["train"]))
-    eval_names = [f"{prefix}{n}" for n in methods]
-    if cfg.results_data:
-        stages.append(_results_stage(cfg, methods, evals, command, recipe, eval_names))
-
+def _report_stage(cfg: StudyConfig, evals: Path, methods: list[str], name: str, deps: list[str]) -> Stage:
+    """report.md in `evals` with the paired comparisons of the methods evaluated."""
     def report():
         from prlm.report import write_report
 
         comparisons = [(a, b) for a, b in (("no-profile", "rag"), ("rag", "prlm"), ("no-profile", "prlm"),
                                            ("warmup-only", "prlm")) if a in methods and b in methods]
         print(write_report(evals, {n: evals / n for n in methods}, comparisons,
-                           train_log=out / "train" / "train_log.jsonl"))
-    stages.append(Stage(f"{'final-' if final else ''}report", {"version": 2}, report, deps=eval_names))
-    return stages
+                           train_log=Path(cfg.out) / "train" / "train_log.jsonl"))
+    return Stage(name, {"version": 2}, report, deps=deps)
 
 
 def _results_stage(cfg: StudyConfig, methods: dict, evals: Path, command: str, recipe: str,

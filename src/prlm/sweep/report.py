@@ -17,7 +17,7 @@ import numpy as np
 
 from prlm.evaluation import load_run, paired_bootstrap
 from prlm.io import atomic_write_text
-from prlm.sweep import GRID_METHODS, Cell, SweepConfig, eval_options, sweep_cells
+from prlm.sweep.grid import GRID_METHODS, Cell, SweepConfig, eval_options, sweep_cells
 
 METRIC = "rougeL"
 
