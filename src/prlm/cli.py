@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_synth)
     p = data.add_parser("check", help="validate a dataset folder and print its statistics")
     p.add_argument("dir", help="dataset folder in LaMP's layout")
-    p.add_argument("--task", default="LaMP-4", help="task name from the task table (default: LaMP-4)")
+    p.add_argument("--task", default="commit-subject",
+                   help="task name from the task table (default: commit-subject, as every other command)")
     p.add_argument("--split", default="all", help="train, dev, test or all (default: all found)")
     p.add_argument("--allow-empty-profiles", action="store_true", help="accept questions with an empty profile")
     p.add_argument("--allow-task-mismatch", action="store_true",

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from prlm import PrlmError
 from prlm.options import check_choice, check_device, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
 
 
 @dataclass
@@ -20,7 +21,7 @@ class GenerationConfig:
     backend: str = opt("auto", "Generation backend: 'hf' (transformers), 'vllm', or 'auto' (vLLM when installed and a GPU is present).")
     device: str = opt("auto", "Device for the model: 'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when available).")
     batch_size: int = opt(8, "Prompts per generation batch.")
-    max_prompt_tokens: int = opt(1024, "Token limit of a prompt; profile entries share what the input leaves.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt; profile entries share what the input leaves.")
     max_new_tokens: int = opt(32, "Tokens generated at most per answer (raise it for the reasoning prompt).")
     temperature: float = opt(0.0, "0 for greedy decoding (evaluation); > 0 samples.")
     top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.")

@@ -22,6 +22,7 @@ import yaml
 
 from prlm import PrlmError
 from prlm.options import check_choice, load_config, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.stages import Stage, run_stages
 
 
@@ -46,16 +47,16 @@ class StudyConfig:
     model: str = opt("smollm2-135m", "Policy model for every method.")
     retriever: str = opt("bm25", "Profile retriever for every method.")
     k: int = opt(4, "Profile entries retrieved per question.")
-    max_prompt_tokens: int = opt(768, "Token limit of every prompt.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of every prompt.")
     eval_split: str = opt("dev", "Split the methods are evaluated on while the recipe is chosen: dev (or train). "
                           "The test split is evaluated only by the final step, `prlm run CONFIG --final`.")
     checkpoint: str = opt("final", "Policy evaluated as prlm: 'final' (the last GRPO step, fixed in advance) or "
                           "'dev-best' (the step best on the dev subset, needs train.dev_eval_steps > 0).")
     results_data: str = opt("", "Dataset name under which compact records of every evaluation are kept in "
                             "results/DATA/SPLIT/METHOD/ for `prlm report` (empty = keep none).")
-    eval_limit: int = opt(0, "Evaluate the first N questions only (0 = all).")
-    eval_max_new_tokens: int = opt(32, "Answer length of no-profile and rag.")
-    prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
+    limit: int = opt(0, "Evaluate the first N questions only (0 = all).", renamed_from="eval_limit")
+    max_new_tokens: int = opt(32, "Answer length of no-profile and rag.", renamed_from="eval_max_new_tokens")
+    prlm_max_new_tokens: int = opt(96, "Completion length of prlm (reasoning + answer).")
     batch_size: int = opt(8, "Generation batch size in evaluation and pair building.")
     baselines: list = opt(("no-profile", "rag"), "Baselines evaluated with the base model (no-profile, rag); [] when "
                           "they were evaluated on their own (`prlm eval`), so a new recipe does not redo them.")
@@ -154,9 +155,9 @@ def _eval_methods(cfg: StudyConfig) -> dict[str, dict]:
     """Each method's own evaluation options: the baselines with the base model, prlm with the trained policy."""
     trained = str(Path(cfg.out) / "train" / ("best" if cfg.checkpoint == "dev-best" else "final"))
     return {
-        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
+        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.max_new_tokens),
         "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
-                    max_new_tokens=cfg.eval_max_new_tokens),
+                    max_new_tokens=cfg.max_new_tokens),
         "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
                      max_new_tokens=cfg.prlm_max_new_tokens),
     }
@@ -166,7 +167,7 @@ def _eval_stage(cfg: StudyConfig, split: str, evals: Path, prefix: str, name: st
     """One method evaluated on `split` into evals/NAME; the trained policies wait for training."""
     from prlm.pipeline import EvalConfig
 
-    opts = {**dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.eval_limit, seed=cfg.seed,
+    opts = {**dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.limit, seed=cfg.seed,
                    max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size),
             **method_opts, "out": str(evals / name)}
     EvalConfig(**opts)
@@ -192,7 +193,7 @@ def _reward_model_stages(cfg: StudyConfig) -> tuple[list[Stage], dict]:
     pairs_file = out / "rm" / "pairs.jsonl"
     rm_dir = out / "rm" / "model"
     pairs_opts = {**dict(_shared_options(cfg), model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
-                         batch_size=cfg.batch_size, max_new_tokens=cfg.eval_max_new_tokens, split="train",
+                         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, split="train",
                          out=str(pairs_file)), **cfg.rm.get("pairs", {})}
     rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
                **cfg.rm.get("train", {})}

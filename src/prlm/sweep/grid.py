@@ -11,6 +11,7 @@ from pathlib import Path
 
 from prlm import PrlmError
 from prlm.options import check_choice, load_config, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
 
 GRID_METHODS = ("rag", "prlm")
 SWEEP_METHODS = ("no-profile",) + GRID_METHODS
@@ -40,7 +41,7 @@ class SweepConfig:
     sft_model: str = opt("", "Or evaluate an sft model trained earlier (`prlm sft`); empty with sft unset = no sft.")
     extra_models: dict[str, str] = opt(None, "Extra trained policies evaluated with the prlm prompt in the main cell, "
                                    "name: folder (e.g. {prlm-no-pers: runs/no-pers/final}).")
-    max_prompt_tokens: int = opt(512, "Token limit of every prompt.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of every prompt.")
     max_new_tokens: int = opt(32, "Answer length of no-profile, rag and sft.")
     prlm_max_new_tokens: int = opt(96, "Completion length of prlm and extra models (reasoning + answer).")
     force_answer_tokens: int = opt(32, "prlm: tokens for a forced answer when the reasoning runs out (0 = off).")
