@@ -209,7 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prlm", description="Personalized RAG with explicit reasoning (PrLM).")
     parser.add_argument("--version", action="version", version=f"prlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_eval_commands(sub)
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_study_commands(sub)
+    _add_results_commands(sub)
 
+    p = sub.add_parser("serve", help="the personalized generation API and web page over a per-user profile store "
+                                     "(admin token from $PRLM_ADMIN_TOKEN or --admin-token-file)")
+    from prlm.serving.config import ServeConfig
+
+    add_config_args(p, ServeConfig)
+    p.set_defaults(func=_cmd_serve)
+
+    from prlm.reward.cli import add_rm_commands
+    add_rm_commands(sub)
+    return parser
+
+
+def _add_eval_commands(sub) -> None:
+    """eval, compare, rescore: one run folder, two compared, runs rescored."""
     p = sub.add_parser("eval", help="evaluate a method (no-profile, rag, prlm) on a split and write a run folder")
     add_config_args(p, EvalConfig)
     p.set_defaults(func=_cmd_eval)
@@ -225,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.set_defaults(func=_cmd_rescore)
 
+
+def _add_data_commands(sub) -> None:
+    """data synth, data check, data from-git."""
     data = sub.add_parser("data", help="make or check datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the synthetic personalized task in LaMP's layout")
     p.add_argument("--out", required=True, help="folder to write")
@@ -250,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, FromGitConfig)
     p.set_defaults(func=_cmd_data_from_git)
 
+
+def _add_training_commands(sub) -> None:
+    """train (GRPO) and sft (the supervised baseline)."""
     p = sub.add_parser("train", help="train the policy with GRPO (optional supervised warm-up of the format first)")
     from prlm.training.config import TrainConfig
 
@@ -263,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, SFTConfig)
     p.set_defaults(func=_cmd_sft)
 
+
+def _add_study_commands(sub) -> None:
+    """sweep and run: many stages, finished ones skipped."""
     p = sub.add_parser("sweep", help="robustness study: no-profile, rag, prlm (and sft, ablations) across "
                                      "retrievers and k, with CSV, plots and report; finished cells are skipped")
     p.add_argument("config", help="sweep YAML (see configs/sweep-*.yaml)")
@@ -284,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "chose (trains only what is missing); results in OUT/final-test/")
     p.set_defaults(func=_cmd_run)
 
+
+def _add_results_commands(sub) -> None:
+    """results add, results add-curve and report: the committed records and their tables."""
     results = sub.add_parser("results", help="committed result records (results/)").add_subparsers(
         dest="results_command", required=True)
     p = results.add_parser("add", help="keep a compact record of a run folder under results/DATA/SPLIT/METHOD/")
@@ -314,17 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="markdown whose generated section is rewritten (default: docs/results.md)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 2 when the files are stale")
     p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("serve", help="the personalized generation API and web page over a per-user profile store "
-                                     "(admin token from $PRLM_ADMIN_TOKEN or --admin-token-file)")
-    from prlm.serving.config import ServeConfig
-
-    add_config_args(p, ServeConfig)
-    p.set_defaults(func=_cmd_serve)
-
-    from prlm.reward.cli import add_rm_commands
-    add_rm_commands(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
