@@ -33,7 +33,7 @@ class RewardModelSection:
     pairs: dict = opt(None, "Options of `prlm rm pairs` (data, split, out and the model are the study's).",
                       section="prlm.reward.pairs:PairsConfig")
     train: dict = opt(None, "Options of `prlm rm train` (pairs and out are the study's).",
-                      section="prlm.reward.model:TrainConfig")
+                      section="prlm.reward.model:RewardTrainConfig")
     model: str = opt("", "A reward model trained earlier (its checkpoint folder), reused instead of training one.")
 
 
@@ -204,10 +204,10 @@ def _reward_model_stages(cfg: StudyConfig) -> tuple[list[Stage], dict]:
         build_pairs(PairsConfig(**pairs_opts))
 
     def train_rm():
-        from prlm.reward.model import TrainConfig as RMTrainConfig
+        from prlm.reward.model import RewardTrainConfig
         from prlm.reward.model import train_reward_model
 
-        train_reward_model(RMTrainConfig(**rm_opts))
+        train_reward_model(RewardTrainConfig(**rm_opts))
     train_cfg.setdefault("reward_model", str(rm_dir))
     return [Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]),
             Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"])], train_cfg

@@ -45,7 +45,7 @@ RM_FORMAT = "prlm-reward-model"
 
 
 @dataclass
-class TrainConfig:
+class RewardTrainConfig:
     pairs: str = opt("", "Pairs JSONL written by `prlm rm pairs`.")
     out: str = opt("", "Checkpoint folder to write (model, tokenizer, prlm_rm_config.json).")
     backbone: str = opt("minilm", "Encoder: 'minilm' (embedded), 'bert-base-uncased' (the paper's), a local folder "
@@ -61,7 +61,7 @@ class TrainConfig:
                     "'judge': the separate evaluation model, trained on held-out users, reported on rm-train users.")
     batch_size: int = opt(64, "Pairs per training batch (the paper's 64).")
     eval_batch_size: int = opt(64, "Pairs per validation batch.")
-    lr: float = opt(5e-5, "Learning rate (the paper's 5e-5).")
+    learning_rate: float = opt(5e-5, "Learning rate (the paper's 5e-5).", renamed_from="lr")
     epochs: float = opt(3.0, "Training epochs (the paper's 3).")
     val_fraction: float = opt(0.1, "Share of users (by a hash of user_id) that choose the epoch; never reported.")
     held_out_share: float = opt(0.45, "Share of users (by a hash of user_id) held out from the reward model: its "
@@ -85,8 +85,8 @@ class TrainConfig:
             raise PrlmError(f"max_length={self.max_length} is too short for an input and an answer; use 64 or more")
         if self.context_entries < 0:
             raise PrlmError(f"context_entries must be >= 0, got {self.context_entries}")
-        if not self.lr > 0:
-            raise PrlmError(f"lr must be > 0, got {self.lr}")
+        if not self.learning_rate > 0:
+            raise PrlmError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.epochs > 0:
             raise PrlmError(f"epochs must be > 0, got {self.epochs}")
         if not 0 <= self.val_fraction < 1:
@@ -540,7 +540,7 @@ def _pair_trainer_class():
     return PairRewardTrainer
 
 
-def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
+def train_reward_model(cfg: RewardTrainConfig, progress: bool = True) -> dict:
     """Train on the pairs file, validate on held-out users each epoch, save the best epoch; returns its config."""
     import torch
 
@@ -588,7 +588,7 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
     return rm_config
 
 
-def _training_pairs(cfg: TrainConfig) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+def _training_pairs(cfg: RewardTrainConfig) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     """The pairs file's rows, then its users' pairs: train (kinds weighted), validation and report."""
     rows = read_pairs_of_kinds(cfg.pairs, cfg.kinds)
     if cfg.context_entries and not all(r.get("context") for r in rows):
@@ -604,7 +604,7 @@ def _training_pairs(cfg: TrainConfig) -> tuple[list[dict], list[dict], list[dict
     return rows, train_rows, parts["validation"], parts["report"]
 
 
-def _load_backbone(cfg: TrainConfig):
+def _load_backbone(cfg: RewardTrainConfig):
     """The encoder's resolved path, its tokenizer (padding on the right) and the model with a new scalar head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
@@ -621,7 +621,7 @@ def _load_backbone(cfg: TrainConfig):
     return path, tokenizer, model
 
 
-def _pair_dataset(cfg: TrainConfig, tokenizer, part: Sequence[dict], dropped_identical: dict[str, int]):
+def _pair_dataset(cfg: RewardTrainConfig, tokenizer, part: Sequence[dict], dropped_identical: dict[str, int]):
     """`part` encoded as TRL's chosen_ids / rejected_ids; pairs whose sides encode alike are counted, by kind."""
     from datasets import Dataset
 
@@ -640,7 +640,7 @@ def _pair_dataset(cfg: TrainConfig, tokenizer, part: Sequence[dict], dropped_ide
                               "rejected_ids": [rejected[i] for i in keep]})
 
 
-def _reward_args(cfg: TrainConfig, work: Path, steps_per_epoch: int, has_val: bool, use_cpu: bool, progress: bool):
+def _reward_args(cfg: RewardTrainConfig, work: Path, steps_per_epoch: int, has_val: bool, use_cpu: bool, progress: bool):
     """TRL's options: with validation pairs, evaluate and save every epoch and keep the most accurate."""
     from trl import RewardConfig
 
@@ -648,7 +648,7 @@ def _reward_args(cfg: TrainConfig, work: Path, steps_per_epoch: int, has_val: bo
         output_dir=str(work),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.lr,
+        learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch" if has_val else "no",
@@ -670,7 +670,7 @@ def _reward_args(cfg: TrainConfig, work: Path, steps_per_epoch: int, has_val: bo
     )
 
 
-def _fit(cfg: TrainConfig, model, tokenizer, train_rows: Sequence[dict], val_rows: Sequence[dict],
+def _fit(cfg: RewardTrainConfig, model, tokenizer, train_rows: Sequence[dict], val_rows: Sequence[dict],
          steps_per_epoch: int, use_cpu: bool, progress: bool):
     """TRL's training in a scratch folder beside `out` (removed after); returns the model (of the best epoch
     with validation pairs), the per-epoch history, the best checkpoint's name and the pairs dropped as identical."""
