@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
+    """Overrides tests/conftest.py's tiny_data: three profile entries per user, not two."""
     folder = tmp_path_factory.mktemp("synth")
     write_synthetic(folder, num_users=4, profile_size=3, questions_per_user=(2, 1, 1))
     return str(folder)

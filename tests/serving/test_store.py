@@ -10,7 +10,6 @@ import pytest
 
 from prlm import PrlmError
 from prlm.serving.store import SQLiteProfileStore, StoreError, open_store
-from serve_support import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
 
 
 def _entries(*ids):

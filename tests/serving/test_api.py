@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import ADMIN, TASK, bearer, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
-
-
-@pytest.fixture
-def server(tmp_path, tiny_generator):
-    app, store = make_app(tmp_path / "p.sqlite", *tiny_generator)
-    with TestClient(app) as client:
-        yield client, app
-    store.close()
+from support import ADMIN, TASK, bearer, entry, provision
 
 
 def test_health_ready_metrics_schema_page(server):
