@@ -160,7 +160,7 @@ def run_fault_test(db: str, model: str = "none", rounds: int = 1, writers: int =
 
 def _integrity(db: str) -> str:
     if _is_url(db):
-        from prlm.serving.store import open_store
+        from prlm.serving.storage import open_store
 
         store = open_store(db)
         try:

@@ -74,7 +74,7 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     from prlm.serving.auth import load_admin_token
-    from prlm.serving.store import open_store
+    from prlm.serving.storage import open_store
 
     admin_token = load_admin_token(cfg.admin_token_file)
     model = cfg.resolved_model()
