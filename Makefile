@@ -28,7 +28,7 @@ SERVE_DB ?= profiles.sqlite
 SERVE_PORT ?= 8000
 SERVE_MODEL ?= auto
 
-.PHONY: install demo test test-fast bench clean serve browser postgres
+.PHONY: install demo test test-fast lint bench clean serve browser postgres
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,8 +49,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PRLM) run configs/cpu-demo.yaml
 
-test: $(STAMP) browser postgres
+test: $(STAMP) browser postgres lint
 	$(PY) -m pytest -q
+
+# The house style (pyproject.toml's [tool.ruff]): part of `make test`, so CI fails on it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench tools
 
 # The page's browser test drives Debian's chromium through playwright; playwright's
 # own browser download needs hosts this network does not reach, so it is never used.

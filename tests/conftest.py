@@ -71,3 +71,51 @@ def tiny_llama_dir(tmp_path_factory, policy_tokenizer):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+def make_peaked_llama(folder, tok) -> str:
+    """A tiny llama whose outputs depend visibly on what it attends to and where; saved in `folder`.
+
+    The random tiny model's next-token distributions are near-uniform and its
+    attention near-flat, so a dropped mask, positions off by one or another
+    group's prompt move its entropies less than any tolerance (1e-4 at most,
+    measured). Here the LM head is scaled up (peaked distributions) and the
+    query/key projections too (attention that discriminates, so RoPE
+    positions matter): the same defects move log-probs and entropies by 0.7
+    or more.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def peaked_llama_dir(tmp_path_factory, policy_tokenizer):
+    """A tiny llama whose outputs depend visibly on what it attends to (see `make_peaked_llama`), as a folder."""
+    return make_peaked_llama(tmp_path_factory.mktemp("peaked_llama"), policy_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A synthetic-task data folder: 4 users, 2 profile entries each, 2/1/1 questions per user in train/dev/test."""
+    from prlm.data.synthetic import write_synthetic
+
+    folder = tmp_path_factory.mktemp("synth")
+    write_synthetic(folder, num_users=4, profile_size=2, questions_per_user=(2, 1, 1))
+    return str(folder)

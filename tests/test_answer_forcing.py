@@ -2,7 +2,7 @@
 
 import json
 
-from prlm.config import EvalConfig
+from prlm.pipeline import EvalConfig
 from prlm.pipeline import run_eval
 from tests.helpers import write_lamp
 

@@ -6,7 +6,8 @@ import yaml
 from helpers import write_lamp
 from prlm import PrlmError
 from prlm.cli import build_parser, main
-from prlm.config import EvalConfig, build_config
+from prlm.options import build_config
+from prlm.pipeline import EvalConfig
 
 
 def test_every_command_has_help(capsys):
@@ -32,7 +33,7 @@ def test_config_validation_messages():
         EvalConfig(data="d", out="o", retriever="tfidf")
     with pytest.raises(PrlmError, match="data is required"):
         EvalConfig(out="o")
-    with pytest.raises(PrlmError, match="unknown option\\(s\\) kk"):
+    with pytest.raises(PrlmError, match="unknown option 'kk' \\(did you mean 'k'\\?\\)"):
         build_config(EvalConfig, {"kk": 3, "data": "d", "out": "o"})
     cfg = EvalConfig(data="d", out="o", method="no-profile", retriever="bm25", k=4)
     assert (cfg.retriever, cfg.k) == ("none", 0)
@@ -41,7 +42,7 @@ def test_config_validation_messages():
 def test_yaml_then_flags_override(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"k": 8, "retriever": "recency", "data": "d", "out": "o"}))
     args = build_parser().parse_args(["eval", "--config", str(tmp_path / "c.yaml"), "--k", "2"])
-    from prlm.config import config_from_args
+    from prlm.options import config_from_args
     cfg = config_from_args(EvalConfig, args)
     assert (cfg.k, cfg.retriever, cfg.data) == (2, "recency", "d")
 

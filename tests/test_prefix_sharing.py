@@ -15,42 +15,6 @@ PROMPTS = ["a much longer prompt with many more words than the other ones", "a s
            "a prompt of middling length"]  # input order differs from torch.unique's (sorted) order
 
 
-def make_peaked_llama(folder, tok) -> str:
-    """A tiny llama whose outputs depend visibly on what it attends to and where; saved in `folder`.
-
-    The random tiny model's next-token distributions are near-uniform and its
-    attention near-flat, so a dropped mask, positions off by one or another
-    group's prompt move its entropies less than any tolerance (1e-4 at most,
-    measured). Here the LM head is scaled up (peaked distributions) and the
-    query/key projections too (attention that discriminates, so RoPE
-    positions matter): the same defects move log-probs and entropies by 0.7
-    or more.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40.0)
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(8.0)
-            layer.self_attn.k_proj.weight.mul_(8.0)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def peaked_llama_dir(tmp_path_factory, policy_tokenizer):
-    return make_peaked_llama(tmp_path_factory.mktemp("peaked_llama"), policy_tokenizer)
-
-
 def _batch(tok, prompts, completions_per_prompt, completion_len):
     """Left-padded prompts repeated per group + right-padded completions, as TRL lays them out."""
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)

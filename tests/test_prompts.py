@@ -2,8 +2,8 @@ import pytest
 
 from helpers import R1_DISTILL_TEMPLATE, lamp4_questions
 from prlm import PrlmError
-from prlm.data import get_task
 from prlm.answers import parse_completion
+from prlm.data import get_task
 from prlm.prompts import build_prompt, count_tokens
 
 TASK = get_task("LaMP-4")

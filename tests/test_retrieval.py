@@ -141,9 +141,9 @@ def test_bm25_equals_rank_bm25_bit_for_bit_on_every_split():
 
 @pytest.mark.parametrize("method", ["bm25", "random", "recency"])
 def test_rankings_stored_once_serve_every_k_as_the_retriever_would(tmp_path, method):
-    from prlm.retrieval import ranked_retriever, retrieve_each, retrieve_split, save_rankings
-
     from types import SimpleNamespace
+
+    from prlm.retrieval import ranked_retriever, retrieve_each, retrieve_split, save_rankings
 
     examples = [SimpleNamespace(**q) for q in lamp4_questions(n=4, profile_size=8)[0]]
     rows = retrieve_split(make_retriever(method, TASK, seed=3), examples, depth=5)

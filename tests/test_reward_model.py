@@ -10,7 +10,7 @@ import pytest
 
 from prlm import PrlmError
 from prlm.cli import build_parser, main
-from prlm.reward.model import (RM_CONFIG_NAME, TrainConfig, bradley_terry_loss, evaluate_pairs, load_reward_model,
+from prlm.reward.model import (RM_CONFIG_NAME, RewardTrainConfig, bradley_terry_loss, evaluate_pairs, load_reward_model,
                                pairwise_metrics, parse_kind_weights, save_reward_model, split_by_user,
                                train_reward_model, weight_kinds)
 from prlm.reward.users import UserPartition
@@ -71,8 +71,8 @@ def trained(tmp_path_factory, tiny_backbone):
     """One small training run shared by the tests below: (config, result, pairs rows)."""
     tmp = tmp_path_factory.mktemp("rm_train")
     rows = signal_pairs()
-    cfg = TrainConfig(pairs=write_pairs(tmp / "pairs.jsonl", rows), out=str(tmp / "rm"), backbone=tiny_backbone,
-                      max_length=32, batch_size=8, lr=2e-3, epochs=3, val_fraction=0.2, device="cpu",
+    cfg = RewardTrainConfig(pairs=write_pairs(tmp / "pairs.jsonl", rows), out=str(tmp / "rm"), backbone=tiny_backbone,
+                      max_length=32, batch_size=8, learning_rate=2e-3, epochs=3, val_fraction=0.2, device="cpu",
                       kind_weights="rag-vs-no-profile=1")
     result = train_reward_model(cfg, progress=False)
     return cfg, result, rows
@@ -171,7 +171,7 @@ def test_training_reports_each_epoch_and_keeps_the_best(trained):
     assert saved["pairs"] == {"total": 40, "train": len(parts["train"]), "validation": len(parts["validation"]),
                               "report": len(parts["report"])}
     assert saved["users"]["validation"] == sorted({r["user_id"] for r in parts["validation"]})
-    assert saved["train_config"]["lr"] == 2e-3 and saved["environment"]["versions"]["trl"]
+    assert saved["train_config"]["learning_rate"] == 2e-3 and saved["environment"]["versions"]["trl"]
     # the signal is learnable: the first epoch's validation loss is above the best epoch's
     assert min(e["val_loss"] for e in saved["epochs"]) < math.log(2)
 
@@ -217,7 +217,7 @@ def test_pairs_that_encode_the_same_are_not_trained_on(tmp_path, tiny_backbone):
     rows = signal_pairs(n_users=20, per_user=1)
     rows += [{**r, "pair_id": r["pair_id"] + "-case", "kind": "casing", "chosen": "mingw: fix", "rejected": "Mingw: fix"}
              for r in rows]
-    cfg = TrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"), backbone=tiny_backbone,
+    cfg = RewardTrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"), backbone=tiny_backbone,
                       max_length=32, batch_size=8, epochs=1, device="cpu")
     result = train_reward_model(cfg, progress=False)
     parts = split_by_user(rows, cfg.partition)
@@ -228,7 +228,7 @@ def test_pairs_that_encode_the_same_are_not_trained_on(tmp_path, tiny_backbone):
 
 def test_context_option_is_saved_and_required(tmp_path, tiny_backbone):
     rows = signal_pairs(n_users=4, per_user=1)
-    cfg = TrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"),
+    cfg = RewardTrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"),
                       backbone=tiny_backbone, max_length=32, batch_size=4, epochs=1, context_entries=1, device="cpu")
     result = train_reward_model(cfg, progress=False)
     assert result["context_entries"] == 1
@@ -243,7 +243,7 @@ def test_context_option_is_saved_and_required(tmp_path, tiny_backbone):
         r.pop("context")
     write_pairs(tmp_path / "p.jsonl", rows)
     with pytest.raises(PrlmError, match="has no 'context' entries"):
-        train_reward_model(TrainConfig(**{**cfg.__dict__, "overwrite": True}), progress=False)
+        train_reward_model(RewardTrainConfig(**{**cfg.__dict__, "overwrite": True}), progress=False)
 
 
 # --- load errors ---------------------------------------------------------------
@@ -309,14 +309,14 @@ def test_rm_commands_have_help(capsys):
 def test_train_config_from_yaml_and_flags(tmp_path):
     import yaml
 
-    from prlm.config import config_from_args
+    from prlm.options import config_from_args
 
-    (tmp_path / "rm.yaml").write_text(yaml.safe_dump({"pairs": "p.jsonl", "out": "o", "lr": 1e-4, "epochs": 2}))
+    (tmp_path / "rm.yaml").write_text(yaml.safe_dump({"pairs": "p.jsonl", "out": "o", "learning_rate": 1e-4, "epochs": 2}))
     args = build_parser().parse_args(["rm", "train", "--config", str(tmp_path / "rm.yaml"), "--epochs", "1"])
-    cfg = config_from_args(TrainConfig, args)
-    assert (cfg.pairs, cfg.lr, cfg.epochs, cfg.batch_size) == ("p.jsonl", 1e-4, 1.0, 64)
+    cfg = config_from_args(RewardTrainConfig, args)
+    assert (cfg.pairs, cfg.learning_rate, cfg.epochs, cfg.batch_size) == ("p.jsonl", 1e-4, 1.0, 64)
     with pytest.raises(PrlmError, match="val_fraction must be in"):
-        TrainConfig(pairs="p", out="o", val_fraction=1.0)
+        RewardTrainConfig(pairs="p", out="o", val_fraction=1.0)
 
 
 def test_eval_and_score_cli(trained, tmp_path, capsys):

@@ -232,7 +232,7 @@ def test_every_reward_model_config_validates():
 
     import yaml
 
-    from prlm.reward.model import TrainConfig
+    from prlm.reward.model import RewardTrainConfig
     from prlm.reward.pairs import PairsConfig
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("rm-*.yaml"))
@@ -240,7 +240,7 @@ def test_every_reward_model_config_validates():
     for path in configs:
         values = yaml.safe_load(path.read_text())
         kind = (StylePairsConfig if path.name.startswith("rm-style-pairs") else
-                PairsConfig if path.name.startswith("rm-pairs") else TrainConfig)
+                PairsConfig if path.name.startswith("rm-pairs") else RewardTrainConfig)
         kind(**values)  # raises on an unknown field or a bad value
 
 

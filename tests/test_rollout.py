@@ -1,8 +1,6 @@
-import pytest
 import torch
 
 from prlm.models import load_policy
-from test_prefix_sharing import make_peaked_llama
 from prlm.training.rollout import _filter_logits, _group_consecutive, sample_shared_prefix
 
 PROMPTS = ["hello there", "a much longer prompt with more words in it"]
@@ -18,11 +16,6 @@ def test_near_zero_temperature_equals_greedy_generate(tiny_llama_dir):
     enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
     greedy = model.generate(**enc, max_new_tokens=8, do_sample=False)[:, enc["input_ids"].shape[1]:].tolist()
     assert completions == greedy
-
-
-@pytest.fixture(scope="module")
-def peaked_llama_dir(tmp_path_factory, policy_tokenizer):
-    return make_peaked_llama(tmp_path_factory.mktemp("peaked_llama"), policy_tokenizer)
 
 
 def test_groups_share_the_prompt_and_logprobs_match_the_model(peaked_llama_dir):

@@ -112,9 +112,9 @@ def test_stages_that_retrieve_as_the_study_read_its_ranking(tmp_path):
 
 
 def test_the_recorded_ranking_serves_what_the_stages_would_retrieve(tmp_path):
-    from prlm.config import EvalConfig
     from prlm.data import get_task, load_split
     from prlm.data.synthetic import write_synthetic
+    from prlm.pipeline import EvalConfig
     from prlm.retrieval import RankedRetriever, make_retriever
     from prlm.study import StudyRanking, _record_retrieval
 

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
+    """Overrides tests/conftest.py's tiny_data: three profile entries per user, not two."""
     folder = tmp_path_factory.mktemp("synth")
     write_synthetic(folder, num_users=4, profile_size=3, questions_per_user=(2, 1, 1))
     return str(folder)
@@ -188,7 +189,7 @@ def test_recipes_parse(tmp_path):
 
 
 def test_ablation_recipes_remove_one_reward_term(tmp_path):
-    from prlm.config import build_config, load_yaml
+    from prlm.options import build_config, load_yaml
     from prlm.training.config import TrainConfig
 
     recipe = load_yaml(REPO / "configs" / "cpu-commit-subject.yaml")

@@ -10,19 +10,11 @@ import pytest
 from safetensors.torch import load_file
 
 from prlm import PrlmError
-from prlm.config import load_yaml
-from prlm.data.synthetic import write_synthetic
+from prlm.options import load_yaml
 from prlm.training.config import TrainConfig
 from prlm.training.grpo import grpo_kwargs, train_grpo
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synth")
-    write_synthetic(folder, num_users=4, profile_size=2, questions_per_user=(2, 1, 1))
-    return str(folder)
 
 
 def _tiny_cfg(data, model, out, **overrides):

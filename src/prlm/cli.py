@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from prlm import PrlmError, __version__
-from prlm.config import EvalConfig, add_config_args, config_from_args, to_dict
+from prlm.options import add_config_args, config_from_args, to_dict
+from prlm.pipeline import EvalConfig
 from prlm.io import check_output_dir
 
 
@@ -208,7 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prlm", description="Personalized RAG with explicit reasoning (PrLM).")
     parser.add_argument("--version", action="version", version=f"prlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_eval_commands(sub)
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_study_commands(sub)
+    _add_results_commands(sub)
 
+    p = sub.add_parser("serve", help="the personalized generation API and web page over a per-user profile store "
+                                     "(admin token from $PRLM_ADMIN_TOKEN or --admin-token-file)")
+    from prlm.serving.config import ServeConfig
+
+    add_config_args(p, ServeConfig)
+    p.set_defaults(func=_cmd_serve)
+
+    from prlm.reward.cli import add_rm_commands
+    add_rm_commands(sub)
+    return parser
+
+
+def _add_eval_commands(sub) -> None:
+    """eval, compare, rescore: one run folder, two compared, runs rescored."""
     p = sub.add_parser("eval", help="evaluate a method (no-profile, rag, prlm) on a split and write a run folder")
     add_config_args(p, EvalConfig)
     p.set_defaults(func=_cmd_eval)
@@ -224,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders")
     p.set_defaults(func=_cmd_rescore)
 
+
+def _add_data_commands(sub) -> None:
+    """data synth, data check, data from-git."""
     data = sub.add_parser("data", help="make or check datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write the synthetic personalized task in LaMP's layout")
     p.add_argument("--out", required=True, help="folder to write")
@@ -233,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_data_synth)
     p = data.add_parser("check", help="validate a dataset folder and print its statistics")
     p.add_argument("dir", help="dataset folder in LaMP's layout")
-    p.add_argument("--task", default="LaMP-4", help="task name from the task table (default: LaMP-4)")
+    p.add_argument("--task", default="commit-subject",
+                   help="task name from the task table (default: commit-subject, as every other command)")
     p.add_argument("--split", default="all", help="train, dev, test or all (default: all found)")
     p.add_argument("--allow-empty-profiles", action="store_true", help="accept questions with an empty profile")
     p.add_argument("--allow-task-mismatch", action="store_true",
@@ -248,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, FromGitConfig)
     p.set_defaults(func=_cmd_data_from_git)
 
+
+def _add_training_commands(sub) -> None:
+    """train (GRPO) and sft (the supervised baseline)."""
     p = sub.add_parser("train", help="train the policy with GRPO (optional supervised warm-up of the format first)")
     from prlm.training.config import TrainConfig
 
@@ -261,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, SFTConfig)
     p.set_defaults(func=_cmd_sft)
 
+
+def _add_study_commands(sub) -> None:
+    """sweep and run: many stages, finished ones skipped."""
     p = sub.add_parser("sweep", help="robustness study: no-profile, rag, prlm (and sft, ablations) across "
                                      "retrievers and k, with CSV, plots and report; finished cells are skipped")
     p.add_argument("config", help="sweep YAML (see configs/sweep-*.yaml)")
@@ -282,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "chose (trains only what is missing); results in OUT/final-test/")
     p.set_defaults(func=_cmd_run)
 
+
+def _add_results_commands(sub) -> None:
+    """results add, results add-curve and report: the committed records and their tables."""
     results = sub.add_parser("results", help="committed result records (results/)").add_subparsers(
         dest="results_command", required=True)
     p = results.add_parser("add", help="keep a compact record of a run folder under results/DATA/SPLIT/METHOD/")
@@ -312,17 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="markdown whose generated section is rewritten (default: docs/results.md)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 2 when the files are stale")
     p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("serve", help="the personalized generation API and web page over a per-user profile store "
-                                     "(admin token from $PRLM_ADMIN_TOKEN or --admin-token-file)")
-    from prlm.serving.config import ServeConfig
-
-    add_config_args(p, ServeConfig)
-    p.set_defaults(func=_cmd_serve)
-
-    from prlm.reward.cli import add_rm_commands
-    add_rm_commands(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

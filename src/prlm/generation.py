@@ -11,6 +11,32 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from prlm import PrlmError
+from prlm.options import check_choice, check_device, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
+
+
+@dataclass
+class GenerationConfig:
+    model: str = opt("smollm2-135m", "Policy model: 'smollm2-135m' (embedded), a local folder or a Hugging Face id.")
+    backend: str = opt("auto", "Generation backend: 'hf' (transformers), 'vllm', or 'auto' (vLLM when installed and a GPU is present).")
+    device: str = opt("auto", "Device for the model: 'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when available).")
+    batch_size: int = opt(8, "Prompts per generation batch.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt; profile entries share what the input leaves.")
+    max_new_tokens: int = opt(32, "Tokens generated at most per answer (raise it for the reasoning prompt).")
+    temperature: float = opt(0.0, "0 for greedy decoding (evaluation); > 0 samples.")
+    top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.")
+    seed: int = opt(0, "Seed for sampling and random retrieval.")
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, ("auto", "hf", "vllm"))
+        check_device("device", self.device)
+        for name in ("batch_size", "max_prompt_tokens", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise PrlmError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise PrlmError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass

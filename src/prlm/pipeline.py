@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,14 +17,37 @@ from prlm.answers import (
     prefill_for,
     stop_strings,
 )
-from prlm.config import EvalConfig
 from prlm.data import get_task, load_split
 from prlm.evaluation import environment, meteor_status, score_predictions, write_run
-from prlm.generation import SamplingParams, make_generator
+from prlm.generation import GenerationConfig, SamplingParams, make_generator
 from prlm.io import check_output_dir
+from prlm.options import check_choice, opt
 from prlm.prompts import build_prompts
-from prlm.retrieval import make_retriever, retrieve_each
+from prlm.retrieval import ProfileDataConfig, make_retriever, retrieve_each
 
+
+@dataclass
+class EvalConfig(GenerationConfig, ProfileDataConfig):
+    split: str = opt("dev", "Split to evaluate: train, dev or test.")
+    method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
+    out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
+    force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
+    predict_only: bool = opt(False, "Write predictions only (predictions.jsonl, lamp_predictions.json for a LaMP submission), no metrics: for a split whose gold outputs are withheld (LaMP's test set). Golds are neither needed nor scored.")
+    allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs file's `task` field, or the instruction the inputs start with).")
+
+    def __post_init__(self):
+        GenerationConfig.__post_init__(self)
+        ProfileDataConfig.__post_init__(self)
+        from prlm.prompts import PROMPT_METHODS as STYLES
+
+        check_choice("method", self.method, STYLES)
+        if not self.out:
+            raise PrlmError("out is required: pass --out runs/NAME")
+        if self.force_answer_tokens < 0:
+            raise PrlmError(f"force_answer_tokens must be >= 0 (0 = off), got {self.force_answer_tokens}")
+        if self.method == "no-profile":
+            # The input alone: nothing is retrieved, whatever the flags say.
+            self.retriever, self.k = "none", 0
 
 def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None, retriever=None) -> dict:
     """Evaluate one method on one split and write its run folder; returns the summary.

@@ -166,3 +166,8 @@ def prompted_examples(cfg, tokenizer, method: str, retriever=None):
     for ex, (entries, _) in zip(dataset.examples, hits):
         prompt = build_prompt(task, ex.input, entries, method, tokenizer, cfg.max_prompt_tokens)
         yield ex, prompt, entries[:prompt.entries_used]
+
+
+MAX_PROMPT_TOKENS = 512
+"""The default token limit of every prompt, in every command: the paper cuts prompts at 512 tokens, and every
+recipe measured here uses 512."""

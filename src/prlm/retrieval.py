@@ -24,6 +24,7 @@ import numpy as np
 
 from prlm import PrlmError
 from prlm.data.tasks import Task
+from prlm.options import check_choice, opt
 
 METHODS = ("none", "random", "recency", "bm25", "bm25s", "dense")
 
@@ -416,6 +417,37 @@ class RankedRetriever(Retriever):
         by_id = {e["id"]: e for e in profile}
         top = ranking[:k]
         return [by_id[i] for i, _ in top], [s for _, s in top]
+
+
+# --- the questions a stage reads and what each one retrieves --------------------
+
+@dataclass
+class ProfileDataConfig:
+    """The questions a stage reads and the profile entries each one sees;
+    shared by evaluation, reward-model pairs and training."""
+
+    task: str = opt("commit-subject", "Task name from the task table (LaMP-4, LaMP-5, LaMP-7, commit-subject, synthetic).")
+    data: str = opt("", "Dataset folder in LaMP's layout ({split}_questions.json and {split}_outputs.json).")
+    split: str = opt("dev", "Split to read: train, dev or test.")
+    retriever: str = opt("bm25", "Profile retriever: none, random, recency, bm25, bm25s, dense.")
+    k: int = opt(4, "Profile entries retrieved per question.")
+    encoder: str = opt("minilm", "Encoder for dense retrieval: 'minilm' (embedded), a local folder or a Hugging Face id.")
+    limit: int = opt(0, "Use only the first N questions of the split (0 = all).")
+    allow_empty_profiles: bool = opt(False, "Accept questions whose profile is empty.")
+
+    def __post_init__(self):
+        from prlm.data.lamp import SPLITS
+        from prlm.data.tasks import get_task
+
+        get_task(self.task)
+        check_choice("split", self.split, SPLITS)
+        check_choice("retriever", self.retriever, METHODS)
+        if not self.data:
+            raise PrlmError("data is required: pass --data DIR (a folder in LaMP's layout)")
+        if self.k < 0:
+            raise PrlmError(f"k must be >= 0, got {self.k}")
+        if self.limit < 0:
+            raise PrlmError(f"limit must be >= 0 (0 = all), got {self.limit}")
 
 
 # --- rankings computed once ----------------------------------------------------------------------------------

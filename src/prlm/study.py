@@ -26,8 +26,20 @@ from pathlib import Path
 import yaml
 
 from prlm import PrlmError
-from prlm.config import ProfileDataConfig, check_choice, load_yaml, opt
+from prlm.options import check_choice, load_config, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.stages import Stage, run_stages
+
+
+@dataclass
+class RewardModelSection:
+    """The `rm:` section of a study: checked key by key when the recipe loads, used as a mapping."""
+
+    pairs: dict = opt(None, "Options of `prlm rm pairs` (data, split, out and the model are the study's).",
+                      section="prlm.reward.pairs:PairsConfig")
+    train: dict = opt(None, "Options of `prlm rm train` (pairs and out are the study's).",
+                      section="prlm.reward.model:RewardTrainConfig")
+    model: str = opt("", "A reward model trained earlier (its checkpoint folder), reused instead of training one.")
 
 
 @dataclass
@@ -35,28 +47,30 @@ class StudyConfig:
     out: str = opt("", "Folder of the study: data/, retrieval/, rm/, train/, eval/, report.md.")
     task: str = opt("synthetic", "Task name from the task table.")
     data: str = opt("", "Dataset folder in LaMP's layout; empty with `synthetic` set = out/data.")
-    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the data.")
+    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the data.",
+                          section="prlm.data.synthetic:SyntheticConfig")
     model: str = opt("smollm2-135m", "Policy model for every method.")
     retriever: str = opt("bm25", "Profile retriever for every method.")
     k: int = opt(4, "Profile entries retrieved per question.")
-    max_prompt_tokens: int = opt(768, "Token limit of every prompt.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of every prompt.")
     eval_split: str = opt("dev", "Split the methods are evaluated on while the recipe is chosen: dev (or train). "
                           "The test split is evaluated only by the final step, `prlm run CONFIG --final`.")
     checkpoint: str = opt("final", "Policy evaluated as prlm: 'final' (the last GRPO step, fixed in advance) or "
                           "'dev-best' (the step best on the dev subset, needs train.dev_eval_steps > 0).")
     results_data: str = opt("", "Dataset name under which compact records of every evaluation are kept in "
                             "results/DATA/SPLIT/METHOD/ for `prlm report` (empty = keep none).")
-    eval_limit: int = opt(0, "Evaluate the first N questions only (0 = all).")
-    eval_max_new_tokens: int = opt(32, "Answer length of no-profile and rag.")
-    prlm_max_new_tokens: int = opt(128, "Completion length of prlm (reasoning + answer).")
+    limit: int = opt(0, "Evaluate the first N questions only (0 = all).", renamed_from="eval_limit")
+    max_new_tokens: int = opt(32, "Answer length of no-profile and rag.", renamed_from="eval_max_new_tokens")
+    prlm_max_new_tokens: int = opt(96, "Completion length of prlm (reasoning + answer).")
     batch_size: int = opt(8, "Generation batch size in evaluation and pair building.")
     baselines: list = opt(("no-profile", "rag"), "Baselines evaluated with the base model (no-profile, rag); [] when "
                           "they were evaluated on their own (`prlm eval`), so a new recipe does not redo them.")
     eval_warmup_only: bool = opt(False, "Also evaluate the policy after the supervised warm-up alone (before GRPO), "
                                  "to show what GRPO adds.")
     seed: int = opt(0, "Seed of every stage.")
-    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.")
-    train: dict = opt(None, "GRPO training options (see `prlm train --help`).")
+    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.",
+                   section="prlm.study:RewardModelSection")
+    train: dict = opt(None, "GRPO training options (see `prlm train --help`).", section="prlm.training.config:TrainConfig")
 
     def __post_init__(self):
         from prlm.data.lamp import SPLITS
@@ -89,28 +103,7 @@ class StudyConfig:
 
 def load_study_config(path: str, overrides: list[str] = ()) -> StudyConfig:
     """YAML plus `key=value` overrides; dotted keys reach sections (train.max_steps=5)."""
-    values = apply_overrides(load_yaml(path), overrides)
-    names = {f.name for f in dataclasses.fields(StudyConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return StudyConfig(**values)
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Set `key=value` items (values parsed as YAML) in `values`; dotted keys reach sections."""
-    for item in overrides:
-        if "=" not in item:
-            raise PrlmError(f"override '{item}' must look like key=value (e.g. train.max_steps=5)")
-        key, raw = item.split("=", 1)
-        target = values
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise PrlmError(f"override '{item}': '{parent}' is not a section")
-        target[leaf] = yaml.safe_load(raw)
-    return values
+    return load_config(StudyConfig, path, overrides)
 
 
 def build_stages(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> list[Stage]:
@@ -172,9 +165,9 @@ def _eval_methods(cfg: StudyConfig) -> dict[str, dict]:
     """Each method's own evaluation options: the baselines with the base model, prlm with the trained policy."""
     trained = str(Path(cfg.out) / "train" / ("best" if cfg.checkpoint == "dev-best" else "final"))
     return {
-        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.eval_max_new_tokens),
+        "no-profile": dict(method="no-profile", model=cfg.model, max_new_tokens=cfg.max_new_tokens),
         "rag": dict(method="rag", model=cfg.model, retriever=cfg.retriever, k=cfg.k,
-                    max_new_tokens=cfg.eval_max_new_tokens),
+                    max_new_tokens=cfg.max_new_tokens),
         "prlm": dict(method="prlm", model=trained, retriever=cfg.retriever, k=cfg.k,
                      max_new_tokens=cfg.prlm_max_new_tokens),
     }
@@ -183,9 +176,9 @@ def _eval_methods(cfg: StudyConfig) -> dict[str, dict]:
 def _eval_stage(cfg: StudyConfig, split: str, evals: Path, prefix: str, name: str, method_opts: dict,
                 ranking: StudyRanking) -> Stage:
     """One method evaluated on `split` into evals/NAME; the trained policies wait for training."""
-    from prlm.config import EvalConfig
+    from prlm.pipeline import EvalConfig
 
-    opts = {**dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.eval_limit, seed=cfg.seed,
+    opts = {**dict(task=cfg.task, data=cfg.data, split=split, limit=cfg.limit, seed=cfg.seed,
                    max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size),
             **method_opts, "out": str(evals / name)}
     eval_cfg = EvalConfig(**opts)
@@ -212,7 +205,7 @@ def _reward_model_stages(cfg: StudyConfig, ranking: StudyRanking) -> tuple[list[
     pairs_file = out / "rm" / "pairs.jsonl"
     rm_dir = out / "rm" / "model"
     pairs_opts = {**dict(_shared_options(cfg), model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
-                         batch_size=cfg.batch_size, max_new_tokens=cfg.eval_max_new_tokens, split="train",
+                         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, split="train",
                          out=str(pairs_file)), **cfg.rm.get("pairs", {})}
     rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
                **cfg.rm.get("train", {})}
@@ -224,10 +217,9 @@ def _reward_model_stages(cfg: StudyConfig, ranking: StudyRanking) -> tuple[list[
         build_pairs(PairsConfig(**pairs_opts), retriever=ranking.retriever(pairs_cfg))
 
     def train_rm():
-        from prlm.reward.model import TrainConfig as RMTrainConfig
-        from prlm.reward.model import train_reward_model
+        from prlm.reward.model import RewardTrainConfig, train_reward_model
 
-        train_reward_model(RMTrainConfig(**rm_opts))
+        train_reward_model(RewardTrainConfig(**rm_opts))
     train_cfg.setdefault("reward_model", str(rm_dir))
     return [ranking.serve(Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]), pairs_cfg),
             Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"])], train_cfg
@@ -287,15 +279,19 @@ def _check_data(cfg: StudyConfig) -> None:
         load_split(cfg.data, split, cfg.task, require_golds=True)
 
 
+def ranking_encoder() -> str:
+    """The encoder the study ranks with (dense retrieval): the stages' default, as the study sets none."""
+    from prlm.retrieval import ProfileDataConfig
+
+    return ProfileDataConfig.encoder
+
+
 class StudyRanking:
     """Each split's ranking by the study's retriever, computed once by the retrieval stage and read by every
     stage that retrieves as it does: the same data, task, retriever, encoder and seed (a stage that sets its own
     retriever, say, retrieves by itself). Those stages depend on the retrieval stage, so a new ranking reruns them;
     the ranking goes as deep as the largest k among them. Retrievers sort stably, so the top k of the ranking are
     the entries the stage's own retriever would return."""
-
-    ENCODER = ProfileDataConfig.encoder
-    """The encoder the study ranks with (dense retrieval): the stages' default."""
 
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
@@ -315,7 +311,8 @@ class StudyRanking:
         cfg = self.cfg
         # `none` retrieves nothing: there is nothing to store (and no-profile evaluations use it).
         return (stage_cfg.retriever == cfg.retriever != "none" and stage_cfg.task == cfg.task
-                and stage_cfg.data == cfg.data and stage_cfg.seed == cfg.seed and stage_cfg.encoder == self.ENCODER)
+                and stage_cfg.data == cfg.data and stage_cfg.seed == cfg.seed
+                and stage_cfg.encoder == ranking_encoder())
 
     def serve(self, stage: Stage, stage_cfg) -> Stage:
         """`stage`, depending on the retrieval stage when it reads the ranking."""
@@ -343,7 +340,7 @@ def _record_retrieval(cfg: StudyConfig, folder: Path, depth: int) -> None:
     from prlm.retrieval import make_retriever, retrieve_split, save_rankings
 
     task = get_task(cfg.task)
-    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=StudyRanking.ENCODER)
+    retriever = make_retriever(cfg.retriever, task, seed=cfg.seed, encoder=ranking_encoder())
     for split in SPLITS:
         try:
             split_files(cfg.data, split)

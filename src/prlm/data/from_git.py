@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import opt
+from prlm.options import opt
 
 TASK_NAME = "commit-subject"
 FIELD, RECORD = "\x1f", "\x1e"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from prlm.config import add_config_args, config_from_args
+from prlm.options import add_config_args, config_from_args
 
 
 def _cmd_pairs(args) -> None:
@@ -68,7 +68,7 @@ def _cmd_judge(args) -> None:
 
 def add_rm_commands(subparsers) -> None:
     """Register `rm` and its subcommands on the top-level `prlm` subparsers."""
-    from prlm.reward.model import RMEvalConfig, TrainConfig
+    from prlm.reward.model import RMEvalConfig, RewardTrainConfig
     from prlm.reward.pairs import PairsConfig
     from prlm.reward.personalization import ScoreConfig
 
@@ -108,7 +108,7 @@ def add_rm_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_judge)
 
     p = sub.add_parser("train", help="train the (input, answer) scorer on pairs (Bradley-Terry, validation on held-out users)")
-    add_config_args(p, TrainConfig)
+    add_config_args(p, RewardTrainConfig)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="pairwise accuracy and mean margin of a checkpoint on a pairs file, with bootstrap 95%% intervals")
@@ -121,9 +121,9 @@ def add_rm_commands(subparsers) -> None:
 
 
 def _cmd_train(args) -> None:
-    from prlm.reward.model import TrainConfig, train_reward_model
+    from prlm.reward.model import RewardTrainConfig, train_reward_model
 
-    cfg = config_from_args(TrainConfig, args)
+    cfg = config_from_args(RewardTrainConfig, args)
     result = train_reward_model(cfg)
     for epoch in result["epochs"]:
         print(f"epoch {epoch['epoch']:g}: validation pairwise accuracy {epoch['val_accuracy']:.4f}, "

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.options import check_choice, opt
 from prlm.io import atomic_write_json
 from prlm.reward.users import ROLES, UserPartition
 
@@ -45,7 +45,7 @@ RM_FORMAT = "prlm-reward-model"
 
 
 @dataclass
-class TrainConfig:
+class RewardTrainConfig:
     pairs: str = opt("", "Pairs JSONL written by `prlm rm pairs`.")
     out: str = opt("", "Checkpoint folder to write (model, tokenizer, prlm_rm_config.json).")
     backbone: str = opt("minilm", "Encoder: 'minilm' (embedded), 'bert-base-uncased' (the paper's), a local folder "
@@ -61,7 +61,7 @@ class TrainConfig:
                     "'judge': the separate evaluation model, trained on held-out users, reported on rm-train users.")
     batch_size: int = opt(64, "Pairs per training batch (the paper's 64).")
     eval_batch_size: int = opt(64, "Pairs per validation batch.")
-    lr: float = opt(5e-5, "Learning rate (the paper's 5e-5).")
+    learning_rate: float = opt(5e-5, "Learning rate (the paper's 5e-5).", renamed_from="lr")
     epochs: float = opt(3.0, "Training epochs (the paper's 3).")
     val_fraction: float = opt(0.1, "Share of users (by a hash of user_id) that choose the epoch; never reported.")
     held_out_share: float = opt(0.45, "Share of users (by a hash of user_id) held out from the reward model: its "
@@ -85,8 +85,8 @@ class TrainConfig:
             raise PrlmError(f"max_length={self.max_length} is too short for an input and an answer; use 64 or more")
         if self.context_entries < 0:
             raise PrlmError(f"context_entries must be >= 0, got {self.context_entries}")
-        if not self.lr > 0:
-            raise PrlmError(f"lr must be > 0, got {self.lr}")
+        if not self.learning_rate > 0:
+            raise PrlmError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.epochs > 0:
             raise PrlmError(f"epochs must be > 0, got {self.epochs}")
         if not 0 <= self.val_fraction < 1:
@@ -540,15 +540,11 @@ def _pair_trainer_class():
     return PairRewardTrainer
 
 
-def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
+def train_reward_model(cfg: RewardTrainConfig, progress: bool = True) -> dict:
     """Train on the pairs file, validate on held-out users each epoch, save the best epoch; returns its config."""
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
-    from trl import RewardConfig
 
     from prlm.evaluation import environment
-    from prlm.models import _call_loader, resolve_encoder_path
 
     started = time.time()
     out = Path(cfg.out)
@@ -557,83 +553,11 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
     use_cpu = _resolve_device(cfg.device) == "cpu"
     if use_cpu and cfg.bf16:
         raise PrlmError("bf16 mixed precision needs a GPU; drop --bf16 on the CPU")
-    rows = read_pairs_of_kinds(cfg.pairs, cfg.kinds)
-    if cfg.context_entries and not all(r.get("context") for r in rows):
-        missing = next(i for i, r in enumerate(rows) if not r.get("context"))
-        raise PrlmError(f"{cfg.pairs}: pair {missing + 1} ('{rows[missing].get('pair_id', rows[missing]['id'])}') "
-                        "has no 'context' entries, needed for context_entries > 0")
-    parts = split_by_user(rows, cfg.partition, cfg.role)
-    train_rows = weight_kinds(parts["train"], parse_kind_weights(cfg.kind_weights), cfg.seed)
-    val_rows, report_rows = parts["validation"], parts["report"]
-    if not train_rows:
-        raise PrlmError(f"{cfg.pairs}: no pair belongs to the users a '{cfg.role}' model trains on "
-                        f"({len({r['user_id'] for r in rows})} user(s) in the file); use a file with more users "
-                        "or lower val_fraction / held_out_share")
-
-    path = resolve_encoder_path(cfg.backbone)
-    set_seed(cfg.seed)  # the head is initialized at random when the model is built
-    tokenizer = _call_loader(cfg.backbone, path, lambda: AutoTokenizer.from_pretrained(path))
-    model = _call_loader(cfg.backbone, path,
-                         lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-
-    dropped_identical: dict[str, int] = {}
-
-    def to_dataset(part: Sequence[dict]):
-        inputs = [r["input"] for r in part]
-        contexts = [r.get("context") for r in part]
-        args = (contexts, cfg.context_entries, cfg.max_length)
-        chosen = encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args)
-        rejected = encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args)
-        # Sides that encode to the same tokens (a case change under an uncased tokenizer, a sign-off cut by
-        # max_length) teach nothing and would count as errors in validation: dropped, and counted.
-        keep = [i for i in range(len(part)) if chosen[i] != rejected[i]]
-        for i in set(range(len(part))) - set(keep):
-            kind = part[i].get("kind", "")
-            dropped_identical[kind] = dropped_identical.get(kind, 0) + 1
-        return Dataset.from_dict({"chosen_ids": [chosen[i] for i in keep],
-                                  "rejected_ids": [rejected[i] for i in keep]})
-
-    has_val = bool(val_rows)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.trainer-", dir=_mkdir(out.parent)))
+    rows, train_rows, val_rows, report_rows = _training_pairs(cfg)
+    path, tokenizer, model = _load_backbone(cfg)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / cfg.batch_size))
-    args = RewardConfig(
-        output_dir=str(work),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        eval_strategy="epoch" if has_val else "no",
-        save_strategy="epoch" if has_val else "no",
-        load_best_model_at_end=has_val,
-        metric_for_best_model="accuracy" if has_val else None,
-        greater_is_better=True,
-        save_only_model=True,
-        save_total_limit=1,
-        logging_steps=max(1, steps_per_epoch // 2),
-        report_to=[],
-        use_cpu=use_cpu,
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        max_length=None,  # pairs are truncated when encoded, never dropped
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-    )
-    try:
-        trainer = _pair_trainer_class()(model=model, args=args, train_dataset=to_dataset(train_rows),
-                                        eval_dataset=to_dataset(val_rows) if has_val else None,
-                                        processing_class=tokenizer)
-        trainer.train()
-        history = _epoch_history(trainer.state.log_history)
-        best_checkpoint = trainer.state.best_model_checkpoint
-        model = trainer.model
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
+    model, history, best_checkpoint, dropped_identical = _fit(cfg, model, tokenizer, train_rows, val_rows,
+                                                              steps_per_epoch, use_cpu, progress)
     rm_config = {
         "backbone": cfg.backbone,
         "backbone_path": path,
@@ -655,20 +579,129 @@ def train_reward_model(cfg: TrainConfig, progress: bool = True) -> dict:
     }
     rm = RewardModel(model, tokenizer, {**rm_config, "model_type": model.config.model_type},
                      device="cpu" if use_cpu else _resolve_device(cfg.device))
-    if has_val:
-        # The epoch was chosen on these pairs, so their accuracy is optimistic: kept as `selection`, not reported.
-        rm_config["selection"] = {k: v for k, v in evaluate_pairs(rm, val_rows, cfg.eval_batch_size).items()
-                                  if k != "scores"}
-    if report_rows:
-        # The reported figure: users that neither trained the model nor chose its epoch.
-        rm_config["held_out"] = {k: v for k, v in evaluate_pairs(rm, report_rows, cfg.eval_batch_size).items()
-                                 if k != "scores"}
+    rm_config.update(_pair_metrics(rm, val_rows, report_rows, cfg.eval_batch_size))
     rm_config["wall_time_s"] = round(time.time() - started, 1)
     rm_config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rm_config["environment"] = environment()
     rm_config["torch_threads"] = torch.get_num_threads()
     save_reward_model(out, rm.model, tokenizer, rm_config, overwrite=cfg.overwrite)
     return rm_config
+
+
+def _training_pairs(cfg: RewardTrainConfig) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """The pairs file's rows, then its users' pairs: train (kinds weighted), validation and report."""
+    rows = read_pairs_of_kinds(cfg.pairs, cfg.kinds)
+    if cfg.context_entries and not all(r.get("context") for r in rows):
+        missing = next(i for i, r in enumerate(rows) if not r.get("context"))
+        raise PrlmError(f"{cfg.pairs}: pair {missing + 1} ('{rows[missing].get('pair_id', rows[missing]['id'])}') "
+                        "has no 'context' entries, needed for context_entries > 0")
+    parts = split_by_user(rows, cfg.partition, cfg.role)
+    train_rows = weight_kinds(parts["train"], parse_kind_weights(cfg.kind_weights), cfg.seed)
+    if not train_rows:
+        raise PrlmError(f"{cfg.pairs}: no pair belongs to the users a '{cfg.role}' model trains on "
+                        f"({len({r['user_id'] for r in rows})} user(s) in the file); use a file with more users "
+                        "or lower val_fraction / held_out_share")
+    return rows, train_rows, parts["validation"], parts["report"]
+
+
+def _load_backbone(cfg: RewardTrainConfig):
+    """The encoder's resolved path, its tokenizer (padding on the right) and the model with a new scalar head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    from prlm.models import _call_loader, resolve_encoder_path
+
+    path = resolve_encoder_path(cfg.backbone)
+    set_seed(cfg.seed)  # the head is initialized at random when the model is built
+    tokenizer = _call_loader(cfg.backbone, path, lambda: AutoTokenizer.from_pretrained(path))
+    model = _call_loader(cfg.backbone, path,
+                         lambda: AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return path, tokenizer, model
+
+
+def _pair_dataset(cfg: RewardTrainConfig, tokenizer, part: Sequence[dict], dropped_identical: dict[str, int]):
+    """`part` encoded as TRL's chosen_ids / rejected_ids; pairs whose sides encode alike are counted, by kind."""
+    from datasets import Dataset
+
+    inputs = [r["input"] for r in part]
+    contexts = [r.get("context") for r in part]
+    args = (contexts, cfg.context_entries, cfg.max_length)
+    chosen = encode_pairs(tokenizer, inputs, [r["chosen"] for r in part], *args)
+    rejected = encode_pairs(tokenizer, inputs, [r["rejected"] for r in part], *args)
+    # Sides that encode to the same tokens (a case change under an uncased tokenizer, a sign-off cut by
+    # max_length) teach nothing and would count as errors in validation: dropped, and counted.
+    keep = [i for i in range(len(part)) if chosen[i] != rejected[i]]
+    for i in set(range(len(part))) - set(keep):
+        kind = part[i].get("kind", "")
+        dropped_identical[kind] = dropped_identical.get(kind, 0) + 1
+    return Dataset.from_dict({"chosen_ids": [chosen[i] for i in keep],
+                              "rejected_ids": [rejected[i] for i in keep]})
+
+
+def _reward_args(cfg: RewardTrainConfig, work: Path, steps_per_epoch: int, has_val: bool, use_cpu: bool, progress: bool):
+    """TRL's options: with validation pairs, evaluate and save every epoch and keep the most accurate."""
+    from trl import RewardConfig
+
+    return RewardConfig(
+        output_dir=str(work),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch" if has_val else "no",
+        load_best_model_at_end=has_val,
+        metric_for_best_model="accuracy" if has_val else None,
+        greater_is_better=True,
+        save_only_model=True,
+        save_total_limit=1,
+        logging_steps=max(1, steps_per_epoch // 2),
+        report_to=[],
+        use_cpu=use_cpu,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_length=None,  # pairs are truncated when encoded, never dropped
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def _fit(cfg: RewardTrainConfig, model, tokenizer, train_rows: Sequence[dict], val_rows: Sequence[dict],
+         steps_per_epoch: int, use_cpu: bool, progress: bool):
+    """TRL's training in a scratch folder beside `out` (removed after); returns the model (of the best epoch
+    with validation pairs), the per-epoch history, the best checkpoint's name and the pairs dropped as identical."""
+    out = Path(cfg.out)
+    has_val = bool(val_rows)
+    dropped_identical: dict[str, int] = {}
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.trainer-", dir=_mkdir(out.parent)))
+    args = _reward_args(cfg, work, steps_per_epoch, has_val, use_cpu, progress)
+    try:
+        trainer = _pair_trainer_class()(
+            model=model, args=args, train_dataset=_pair_dataset(cfg, tokenizer, train_rows, dropped_identical),
+            eval_dataset=_pair_dataset(cfg, tokenizer, val_rows, dropped_identical) if has_val else None,
+            processing_class=tokenizer)
+        trainer.train()
+        return (trainer.model, _epoch_history(trainer.state.log_history), trainer.state.best_model_checkpoint,
+                dropped_identical)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pair_metrics(rm: RewardModel, val_rows: Sequence[dict], report_rows: Sequence[dict], batch_size: int) -> dict:
+    """Accuracy on the validation pairs (`selection`) and on the report users' pairs (`held_out`), where there are."""
+    metrics = {}
+    if val_rows:
+        # The epoch was chosen on these pairs, so their accuracy is optimistic: kept as `selection`, not reported.
+        metrics["selection"] = {k: v for k, v in evaluate_pairs(rm, val_rows, batch_size).items() if k != "scores"}
+    if report_rows:
+        # The reported figure: users that neither trained the model nor chose its epoch.
+        metrics["held_out"] = {k: v for k, v in evaluate_pairs(rm, report_rows, batch_size).items()
+                               if k != "scores"}
+    return metrics
 
 
 def _mkdir(folder: Path) -> Path:

@@ -41,9 +41,11 @@ from pathlib import Path
 from typing import Sequence
 
 from prlm import PrlmError
-from prlm.config import GenerationConfig, ProfileDataConfig, check_choice, opt
 from prlm.data.tasks import Task
+from prlm.generation import GenerationConfig
 from prlm.io import atomic_write_json, atomic_write_text
+from prlm.options import check_choice, opt
+from prlm.retrieval import ProfileDataConfig
 
 KINDS = ("rag-vs-no-profile", "gold-vs-no-profile", "gold-vs-other-user")
 REQUIRED_FIELDS = ("id", "user_id", "input", "chosen", "rejected")

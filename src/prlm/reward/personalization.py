@@ -52,7 +52,7 @@ from typing import Any, Sequence
 
 from prlm import PrlmError
 from prlm.answers import REASONING_METHOD, THINK_PREFILL, assistant_text, first_answer_section, parse_completion
-from prlm.config import opt
+from prlm.options import opt
 
 DEFAULT_NAME = "personalization"
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.options import check_choice, opt
 from prlm.io import atomic_write_json, atomic_write_text
 from prlm.reward.users import GROUPS, UserPartition
 

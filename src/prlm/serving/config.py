@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import check_choice, opt
+from prlm.options import check_choice, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
 
 # Where `make demo` leaves its trained policy; `--model auto` serves it when present.
 TRAINED_DEFAULT = "runs/demo/train/final"
@@ -32,7 +33,7 @@ class ServeConfig:
     max_k: int = opt(16, "Largest k a request may ask for.")
     backend: str = opt("hf", "Generation backend: hf (transformers), vllm, or auto.")
     device: str = opt("auto", "Device: cpu, cuda, or auto.")
-    max_prompt_tokens: int = opt(1024, "Token limit of a prompt (entries share what the input leaves).")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt (entries share what the input leaves).")
     max_new_tokens: int = opt(96, "Tokens generated at most per answer.")
     temperature: float = opt(0.0, "0 for greedy decoding.")
     seed: int = opt(0, "Seed for sampling and random retrieval.")

@@ -343,12 +343,3 @@ class SQLiteProfileStore(ProfileStore):
                 conn.close()
             self._all.clear()
         self._local = threading.local()
-
-
-def open_store(db: str) -> ProfileStore:
-    """The store a `--db` value names: a postgresql:// URL for PostgreSQL, else a SQLite file."""
-    if db.startswith(("postgresql://", "postgres://")):
-        from prlm.serving.pgstore import PostgresProfileStore
-
-        return PostgresProfileStore(db)
-    return SQLiteProfileStore(db)

@@ -6,13 +6,12 @@ reads back; it imports neither.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import check_choice, load_yaml, opt
-from prlm.study import apply_overrides
+from prlm.options import check_choice, load_config, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
 
 GRID_METHODS = ("rag", "prlm")
 SWEEP_METHODS = ("no-profile",) + GRID_METHODS
@@ -37,11 +36,12 @@ class SweepConfig:
     model: str = opt("smollm2-135m", "Base policy of no-profile and rag (and the start of sft).")
     prlm_model: str = opt("", "Trained PrLM policy (e.g. runs/commit-subject/train/final from `prlm run`).")
     sft: dict = opt(None, "Train the sft baseline in the sweep with these `prlm sft` options (e.g. {epochs: 1}); "
-                          "retriever, k, model and prompt length follow the main cell.")
+                          "retriever, k, model and prompt length follow the main cell.",
+                    section="prlm.training.sft:SFTConfig")
     sft_model: str = opt("", "Or evaluate an sft model trained earlier (`prlm sft`); empty with sft unset = no sft.")
-    extra_models: dict = opt(None, "Extra trained policies evaluated with the prlm prompt in the main cell, "
+    extra_models: dict[str, str] = opt(None, "Extra trained policies evaluated with the prlm prompt in the main cell, "
                                    "name: folder (e.g. {prlm-no-pers: runs/no-pers/final}).")
-    max_prompt_tokens: int = opt(512, "Token limit of every prompt.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of every prompt.")
     max_new_tokens: int = opt(32, "Answer length of no-profile, rag and sft.")
     prlm_max_new_tokens: int = opt(96, "Completion length of prlm and extra models (reasoning + answer).")
     force_answer_tokens: int = opt(32, "prlm: tokens for a forced answer when the reasoning runs out (0 = off).")
@@ -109,12 +109,7 @@ class SweepConfig:
 
 
 def load_sweep_config(path: str, overrides: list[str] = ()) -> SweepConfig:
-    values = apply_overrides(load_yaml(path), list(overrides))
-    names = {f.name for f in dataclasses.fields(SweepConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise PrlmError(f"{path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return SweepConfig(**values)
+    return load_config(SweepConfig, path, overrides)
 
 
 # --- cells -------------------------------------------------------------------

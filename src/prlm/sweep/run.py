@@ -72,7 +72,7 @@ def load_ranked_retriever(cfg: SweepConfig, retriever_name: str):
 # --- stages --------------------------------------------------------------------
 
 def build_sweep_stages(cfg: SweepConfig) -> list[Stage]:
-    from prlm.config import EvalConfig
+    from prlm.pipeline import EvalConfig
 
     cells = sweep_cells(cfg)
     _check_models_exist(cfg, cells)
@@ -136,7 +136,7 @@ def _sft_stage(cfg: SweepConfig) -> Stage:
 
 
 def _evaluate(cfg: SweepConfig, cell: Cell, opts: dict, slot: ModelSlot) -> None:
-    from prlm.config import EvalConfig
+    from prlm.pipeline import EvalConfig
     from prlm.pipeline import run_eval
 
     generator, tokenizer = slot.get(cell.model)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import ProfileDataConfig, check_choice, opt
+from prlm.options import check_choice, opt
+from prlm.prompts import MAX_PROMPT_TOKENS
+from prlm.retrieval import ProfileDataConfig
 
 
 @dataclass
@@ -15,7 +17,7 @@ class TrainConfig(ProfileDataConfig):
     # data and prompts (the shared fields are in ProfileDataConfig)
     split: str = opt("train", "Split to train on.")
     limit: int = opt(0, "Train on the first N questions only (0 = all; the paper used 500).")
-    max_prompt_tokens: int = opt(768, "Token limit of a prompt (entries share what the input leaves).")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt (entries share what the input leaves).")
     # model
     model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
     lora: bool = opt(False, "Train LoRA adapters on all linear layers instead of the full model.")

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.config import ProfileDataConfig, opt
 from prlm.io import atomic_write_json, atomic_write_jsonl
+from prlm.options import opt
+from prlm.prompts import MAX_PROMPT_TOKENS
+from prlm.retrieval import ProfileDataConfig
 
 
 @dataclass
@@ -22,7 +24,7 @@ class SFTConfig(ProfileDataConfig):
     split: str = opt("train", "Split to train on.")
     retriever: str = opt("bm25", "Profile retriever of the RAG prompt (use the evaluation's).")
     k: int = opt(4, "Profile entries per prompt (use the evaluation's).")
-    max_prompt_tokens: int = opt(512, "Token limit of a prompt (entries share what the input leaves).")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt (entries share what the input leaves).")
     max_answer_tokens: int = opt(48, "Tokens of the real output kept as the target (longer ones are cut).")
     model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
     epochs: float = opt(1.0, "Passes over the training questions (ignored when max_steps > 0).")

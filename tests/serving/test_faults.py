@@ -8,7 +8,7 @@ import os
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import ADMIN, TASK, bearer, entry, provision, serve_config, tiny_generator  # noqa: F401
+from support import ADMIN, TASK, bearer, entry, serve_config
 
 
 class StartedAnyway(Exception):

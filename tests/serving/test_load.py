@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from prlm import PrlmError
-from prlm.serving.loadtest import markdown_rows, run_load_test
-from serve_support import ADMIN, ThreadedServer, make_app, tiny_generator  # noqa: F401 (a fixture)
+from support import ADMIN, ThreadedServer, make_app
+from tools.loadtest import markdown_rows, run_load_test
 
 
 @pytest.mark.slow

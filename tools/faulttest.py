@@ -1,6 +1,6 @@
 """Fault test: SIGKILL the server during a stream of writes, restart it, check nothing acknowledged was lost.
 
-    python -m prlm.serving.faulttest --db /tmp/fault.sqlite --rounds 3 --writers 4 --kill-after 200
+    python -m tools.faulttest --db /tmp/fault.sqlite --rounds 3 --writers 4 --kill-after 200
 
 Each round starts `prlm serve` as a real process on a free loopback port,
 lets `writers` clients add entries one per request, kills the server with
@@ -9,7 +9,7 @@ restarts it on the same database and lists the profile: every acknowledged
 entry must be there. At the end SQLite's `PRAGMA integrity_check` must say ok
 (for a postgresql:// database, the store's own check).
 
-    python -m prlm.serving.faulttest --db postgresql://postgres@127.0.0.1:5432/fault --rounds 3
+    python -m tools.faulttest --db postgresql://postgres@127.0.0.1:5432/fault --rounds 3
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def run_fault_test(db: str, model: str = "none", rounds: int = 1, writers: int =
 
 def _integrity(db: str) -> str:
     if _is_url(db):
-        from prlm.serving.store import open_store
+        from prlm.serving.storage import open_store
 
         store = open_store(db)
         try:
@@ -174,7 +174,7 @@ def _integrity(db: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prlm.serving.faulttest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.faulttest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True, help="new SQLite file to create, or the URL of an empty "
                                                      "PostgreSQL database")
     parser.add_argument("--model", default="none", help="model the server loads (default: none; writes do not need one)")

@@ -9,7 +9,7 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import ADMIN, TASK, bearer, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
+from support import ADMIN, TASK, bearer, entry, make_app, provision
 
 SECRET_B = "zqxvbobsecretkumquat"  # text only bob's profile holds
 

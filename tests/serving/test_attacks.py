@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_support import ADMIN, TASK, ThreadedServer, bearer, entry, make_app, provision, tiny_generator  # noqa: F401
+from support import ADMIN, TASK, ThreadedServer, bearer, entry, make_app, provision
 
 SECRET = "zqx the mayor resigns over the harbor deal"
 
@@ -134,14 +134,6 @@ def test_profile_indexes_are_bounded_by_entries():
 
 
 # --- 2. metrics bounded whatever clients send -------------------------------------------------------
-
-@pytest.fixture
-def server(tmp_path, tiny_generator):
-    app, store = make_app(tmp_path / "p.sqlite", *tiny_generator)
-    with TestClient(app) as client:
-        yield client, app
-    store.close()
-
 
 def test_made_up_methods_and_paths_do_not_grow_metrics(server):
     client, _ = server

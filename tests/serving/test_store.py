@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from prlm import PrlmError
-from prlm.serving.store import SQLiteProfileStore, StoreError, open_store
-from serve_support import postgres_cluster, postgres_url  # noqa: F401 (fixtures)
+from prlm.serving.storage import open_store
+from prlm.serving.store import SQLiteProfileStore, StoreError
 
 
 def _entries(*ids):

@@ -1,6 +1,6 @@
 """Serving on PostgreSQL: real `prlm serve` processes on a throwaway cluster (loopback only).
 
-Skipped with the reason when PostgreSQL is not installed, failed under CI (see serve_support).
+Skipped with the reason when PostgreSQL is not installed, failed under CI (see conftest.py).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from prlm.serving.client import Client
-from prlm.serving.faulttest import ServerProcess, run_fault_test
-from serve_support import ADMIN, TASK, entry, postgres_cluster, postgres_url  # noqa: F401 (fixtures)
+from support import ADMIN, TASK, entry
+from tools.faulttest import ServerProcess, run_fault_test
 
 
 @pytest.mark.slow

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
-
-from serve_support import ADMIN, TASK, bearer, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
-
-
-@pytest.fixture
-def server(tmp_path, tiny_generator):
-    app, store = make_app(tmp_path / "p.sqlite", *tiny_generator)
-    with TestClient(app) as client:
-        yield client, app
-    store.close()
+from support import ADMIN, TASK, bearer, entry, provision
 
 
 def test_health_ready_metrics_schema_page(server):
@@ -128,9 +118,9 @@ def test_generate_returns_answer_reasoning_hits_timings(server):
 
 def test_generate_uses_the_same_prompt_and_parser_as_evaluation(server, tiny_generator):
     """The server's completion equals what evaluation's code path gives for the same entries."""
+    from prlm.answers import parse_completion
     from prlm.data.tasks import get_task
     from prlm.generation import SamplingParams
-    from prlm.answers import parse_completion
     from prlm.prompts import build_prompt
     from prlm.retrieval import make_retriever
 

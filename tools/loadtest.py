@@ -1,6 +1,6 @@
 """Load test: N concurrent clients mixing profile writes and generations, on loopback only.
 
-    PRLM_ADMIN_TOKEN=... python -m prlm.serving.loadtest --url http://127.0.0.1:8000 --clients 8 --duration 30
+    PRLM_ADMIN_TOKEN=... python -m tools.loadtest --url http://127.0.0.1:8000 --clients 8 --duration 30
 
 Bounded in count (`--max-requests`) and time (`--duration`); it stops by itself.
 Each client writes to and generates for its own user. At the end every
@@ -146,7 +146,7 @@ def markdown_rows(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prlm.serving.loadtest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
     parser.add_argument("--admin-token-file", default="", help="file with the admin token (else $PRLM_ADMIN_TOKEN)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")

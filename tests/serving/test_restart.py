@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from prlm.serving.faulttest import ServerProcess, run_fault_test
 from prlm.serving.client import Client
-from serve_support import ADMIN, TASK, entry
+from support import ADMIN, TASK, entry
+from tools.faulttest import ServerProcess, run_fault_test
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_support import ADMIN, TASK, ThreadedServer, entry, make_app, tiny_generator  # noqa: F401 (a fixture)
+from support import ADMIN, TASK, ThreadedServer, entry, make_app
 
 CHROMIUM = os.environ.get("PRLM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "artifacts"

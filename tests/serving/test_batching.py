@@ -6,7 +6,7 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from serve_support import TASK, entry, make_app, provision, tiny_generator  # noqa: F401 (a fixture)
+from support import TASK, entry, make_app, provision
 
 
 def test_concurrent_generations_share_a_batch(tmp_path, tiny_generator):

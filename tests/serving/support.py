@@ -1,0 +1,71 @@
+"""Helpers for the serving tests: a config, an app over a fresh database, a real server on a thread.
+
+The fixtures they share are in conftest.py beside this file."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+ADMIN = "admin-token-for-tests-0123456789"
+TASK = "synthetic"
+
+
+def entry(entry_id: str, title: str, text: str, date: str = "2024-01-01") -> dict:
+    return {"id": entry_id, "title": title, "text": text, "date": date}
+
+
+def serve_config(db: Path, **overrides):
+    from prlm.serving.config import ServeConfig
+
+    values = dict(db=str(db), model="tiny", max_new_tokens=8, batch_window_ms=5.0, max_prompt_tokens=512)
+    values.update(overrides)
+    return ServeConfig(**values)
+
+
+def make_app(db: Path, generator, tokenizer, **overrides):
+    from prlm.serving.app import create_app
+    from prlm.serving.store import SQLiteProfileStore
+
+    cfg = serve_config(db, **overrides)
+    store = SQLiteProfileStore(cfg.db)
+    return create_app(cfg, store, ADMIN, generator=generator, tokenizer=tokenizer, model_name="tiny"), store
+
+
+def provision(client, user_id: str) -> dict:
+    """Create a user with the admin token; returns the Authorization header of their token."""
+    r = client.post("/v1/users", json={"user_id": user_id}, headers=bearer(ADMIN))
+    assert r.status_code == 201, r.text
+    return bearer(r.json()["token"])
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class ThreadedServer:
+    """uvicorn serving `app` on a free loopback port, on a thread of this process."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        from prlm.serving.client import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
