@@ -22,7 +22,7 @@ from prlm.evaluation import environment, meteor_status, score_predictions, write
 from prlm.generation import GenerationConfig, SamplingParams, make_generator
 from prlm.io import check_output_dir
 from prlm.options import check_choice, opt
-from prlm.prompts import build_prompts
+from prlm.prompts import PROMPT_METHODS, build_prompts
 from prlm.retrieval import ProfileDataConfig, make_retriever, retrieve_each
 
 
@@ -38,9 +38,7 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
     def __post_init__(self):
         GenerationConfig.__post_init__(self)
         ProfileDataConfig.__post_init__(self)
-        from prlm.prompts import PROMPT_METHODS as STYLES
-
-        check_choice("method", self.method, STYLES)
+        check_choice("method", self.method, PROMPT_METHODS)
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
         if self.force_answer_tokens < 0:
@@ -48,6 +46,7 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
         if self.method == "no-profile":
             # The input alone: nothing is retrieved, whatever the flags say.
             self.retriever, self.k = "none", 0
+
 
 def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=None, retriever=None) -> dict:
     """Evaluate one method on one split and write its run folder; returns the summary.

@@ -55,10 +55,10 @@ class ServeConfig:
     log_level: str = opt("info", "uvicorn log level: critical, error, warning, info, debug.")
 
     def __post_init__(self):
-        from prlm.prompts import PROMPT_METHODS as STYLES
+        from prlm.prompts import PROMPT_METHODS
         from prlm.retrieval import METHODS
 
-        check_choice("method", self.method, STYLES)
+        check_choice("method", self.method, PROMPT_METHODS)
         check_choice("backend", self.backend, ("auto", "hf", "vllm"))
         check_choice("log_level", self.log_level, ("critical", "error", "warning", "info", "debug"))
         for name in self.retrievers:

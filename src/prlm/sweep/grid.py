@@ -121,8 +121,8 @@ class Cell:
     method: str
     retriever: str
     k: int
-    style: str
-    """The prompt: no-profile, rag or prlm."""
+    prompt: str
+    """The prompt method it is asked with: no-profile, rag or prlm."""
     model: str
 
     @property
@@ -152,8 +152,8 @@ def sweep_cells(cfg: SweepConfig) -> list[Cell]:
 
 
 def eval_options(cfg: SweepConfig, cell: Cell) -> dict:
-    reasoning = cell.style == "prlm"
-    return dict(task=cfg.task, data=cfg.data, split=cfg.split, limit=cfg.limit, method=cell.style,
+    reasoning = cell.prompt == "prlm"
+    return dict(task=cfg.task, data=cfg.data, split=cfg.split, limit=cfg.limit, method=cell.prompt,
                 retriever=cell.retriever if cell.k else "none", k=cell.k, encoder=cfg.encoder, model=cell.model,
                 max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size, backend=cfg.backend,
                 device=cfg.device, seed=cfg.seed,

@@ -74,7 +74,7 @@ def tidy_rows(results: list[Result]) -> list[dict]:
     for r in results:
         s, versions = r.summary, r.summary["environment"]["versions"]
         rows.append({
-            "method": r.cell.method, "retriever": r.cell.retriever, "k": r.cell.k, "prompt": r.cell.style,
+            "method": r.cell.method, "retriever": r.cell.retriever, "k": r.cell.k, "prompt": r.cell.prompt,
             "model": r.cell.model, "split": s["split"], "n": s["n"],
             **{key: round(value, 6) for key, value in s["metrics"].items()},
             "rougeL_low": round(r.low, 6), "rougeL_high": round(r.high, 6),
