@@ -8,9 +8,9 @@ import platform
 import statistics
 import subprocess
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "git-commit-subject"
@@ -111,7 +111,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
     }
 

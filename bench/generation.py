@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import time
 
-from bench.common import (DEFAULT_DATA, add_size_options, choose_sizes, comparison, load_examples, measurement,
-                          time_runs)
+from bench.common import (
+    DEFAULT_DATA,
+    add_size_options,
+    choose_sizes,
+    comparison,
+    load_examples,
+    measurement,
+    time_runs,
+)
 
 FULL = {"policy": "smollm2-135m", "eval_examples": 16, "eval_batch_size": 8, "max_new_tokens": 32,
         "max_prompt_tokens": 384, "style": "rag", "rollout_prompts": 2, "group_size": 8,

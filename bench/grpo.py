@@ -27,8 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (DEFAULT_DATA, add_size_options, choose_sizes, comparison, matmul_gflops, measurement,
-                          policy_shape, weight_stream_gbs)
+from bench.common import (
+    DEFAULT_DATA,
+    add_size_options,
+    choose_sizes,
+    comparison,
+    matmul_gflops,
+    measurement,
+    policy_shape,
+    weight_stream_gbs,
+)
 
 SIDES = {"stock-trl": dict(rollout="trl", prefix_sharing="off"),
          "prlm": dict(rollout="shared-prefix", prefix_sharing="on")}
@@ -161,7 +169,8 @@ def against_limits(times: dict, shape: dict, prompt_tokens: int, rows: int, new:
     rollout, train = times["rollout, shared prefix"], times["policy forward + backward, prefix-shared"]
     return {"fp32 matmul GFLOP/s (measured now)": round(gflops, 1),
             "fp32 weight streaming GB/s (measured now)": round(gbs, 2),
-            "rollout: bound s (decode steps x weights / GB/s + prefill FLOPs / GFLOP/s)": round(decode_s + prefill_s, 3),
+            "rollout: bound s (decode steps x weights / GB/s + prefill FLOPs / "
+            "GFLOP/s)": round(decode_s + prefill_s, 3),
             "rollout: measured s / bound": round(rollout / (decode_s + prefill_s), 2),
             "rollout: decoding's share of the bound": round(decode_s / (decode_s + prefill_s), 2),
             "forward + backward: bound s (model FLOPs / GFLOP/s)": round(train_s, 3),

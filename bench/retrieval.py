@@ -15,13 +15,23 @@ import pstats
 
 import numpy as np
 
-from bench.common import (DEFAULT_DATA, add_size_options, choose_sizes, comparison, first_users, load_examples,
-                          measurement, time_runs, top_functions)
+from bench.common import (
+    DEFAULT_DATA,
+    add_size_options,
+    choose_sizes,
+    comparison,
+    first_users,
+    load_examples,
+    measurement,
+    time_runs,
+    top_functions,
+)
 
 FULL = {"bm25_users": 0, "dense_users": 2, "k": 4}
 QUICK = {"bm25_users": 12, "dense_users": 1, "k": 4}
 HELP = {"bm25_users": "users whose questions (all splits) the bm25 comparison retrieves for; 0 = every user",
-        "dense_users": "users whose questions (all splits) the dense comparison retrieves for; 0 = no dense comparison",
+        "dense_users": "users whose questions (all splits) the dense comparison retrieves for; 0 = no dense "
+                       "comparison",
         "k": "profile entries retrieved per question"}
 BM25_TARGET = 20.0
 
@@ -159,9 +169,8 @@ def dense_top_k(retriever, examples, k: int, prepare: bool) -> list[list[str]]:
 
 
 def dense_comparison(task, examples, k: int, repeats: int) -> dict:
-    from prlm.retrieval import DenseRetriever
-
     from prlm.models import load_encoder
+    from prlm.retrieval import DenseRetriever
 
     encoder = load_encoder("minilm")  # loaded once: loading is not what is measured
 

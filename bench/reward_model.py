@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import DEFAULT_DATA, add_size_options, choose_sizes, comparison, load_examples, measurement, time_runs
+from bench.common import (
+    DEFAULT_DATA,
+    add_size_options,
+    choose_sizes,
+    comparison,
+    load_examples,
+    measurement,
+    time_runs,
+)
 
 FULL = {"pairs": 64, "rm_batch_size": 32, "rm_max_length": 256}
 QUICK = {"pairs": 8, "rm_batch_size": 4, "rm_max_length": 128}

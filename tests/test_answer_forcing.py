@@ -2,9 +2,9 @@
 
 import json
 
-from prlm.pipeline import EvalConfig
-from prlm.pipeline import run_eval
 from tests.helpers import write_lamp
+
+from prlm.pipeline import EvalConfig, run_eval
 
 
 class ScriptedGenerator:

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from bench import generation, retrieval, reward_model
 from bench.common import BenchError, choose_sizes, comparison, load_examples, measurement
 from bench.report import QUICK_BANNER, render_markdown

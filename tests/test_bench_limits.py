@@ -1,8 +1,7 @@
 """The limits arithmetic of the GRPO bench (never its timings)."""
 
-import pytest
-
 import bench.grpo as grpo_bench
+import pytest
 from bench.common import policy_shape
 from bench.run import SECTIONS
 

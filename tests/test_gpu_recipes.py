@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from helpers import R1_DISTILL_TEMPLATE
+from prlm.data import get_task
 from prlm.options import build_config, load_yaml
 from prlm.pipeline import EvalConfig
-from prlm.data import get_task
 from prlm.prompts import build_prompt
 from prlm.reward.pairs import PairsConfig
 from prlm.study import build_stages, load_study_config

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prlm import PrlmError
-from prlm import models
+from prlm import PrlmError, models
 
 MISSING_ID = "prlm-test-nobody/definitely-not-a-model-3141"
 

@@ -134,9 +134,9 @@ def test_overrides_reach_sections_and_refuse_to_descend_into_a_value():
 
 def test_every_recipe_in_configs_loads():
     """Every committed recipe passes the typed check of its command's config."""
+    from prlm.options import check_values
     from prlm.study import StudyConfig
     from prlm.sweep import SweepConfig
-    from prlm.options import check_values
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

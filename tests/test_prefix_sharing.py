@@ -10,7 +10,6 @@ from prlm.training.config import TrainConfig
 from prlm.training.grpo import grpo_args
 from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer, prefix_shared_logps
 
-
 PROMPTS = ["a much longer prompt with many more words than the other ones", "a short prompt",
            "a prompt of middling length"]  # input order differs from torch.unique's (sorted) order
 

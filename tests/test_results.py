@@ -9,8 +9,16 @@ import pytest
 from prlm import PrlmError
 from prlm.cli import main
 from prlm.evaluation import write_run
-from prlm.results import (SECTION_BEGIN, SECTION_END, add_record, comparisons, load_records, render_report,
-                          replace_section, results_json)
+from prlm.results import (
+    SECTION_BEGIN,
+    SECTION_END,
+    add_record,
+    comparisons,
+    load_records,
+    render_report,
+    replace_section,
+    results_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

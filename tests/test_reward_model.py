@@ -10,9 +10,19 @@ import pytest
 
 from prlm import PrlmError
 from prlm.cli import build_parser, main
-from prlm.reward.model import (RM_CONFIG_NAME, RewardTrainConfig, bradley_terry_loss, evaluate_pairs, load_reward_model,
-                               pairwise_metrics, parse_kind_weights, save_reward_model, split_by_user,
-                               train_reward_model, weight_kinds)
+from prlm.reward.model import (
+    RM_CONFIG_NAME,
+    RewardTrainConfig,
+    bradley_terry_loss,
+    evaluate_pairs,
+    load_reward_model,
+    pairwise_metrics,
+    parse_kind_weights,
+    save_reward_model,
+    split_by_user,
+    train_reward_model,
+    weight_kinds,
+)
 from prlm.reward.users import UserPartition
 
 

@@ -10,8 +10,15 @@ from helpers import write_lamp
 from prlm import PrlmError
 from prlm.cli import main
 from prlm.reward.judge import area_prefix, first_letter_case, judge_rows, style_rows, style_summary, user_habit
-from prlm.reward.style_pairs import (PREAMBLES, SIGN_OFFS, StylePairsConfig, build_style_pairs, flip_first_letter,
-                                     with_preamble, with_sign_off)
+from prlm.reward.style_pairs import (
+    PREAMBLES,
+    SIGN_OFFS,
+    StylePairsConfig,
+    build_style_pairs,
+    flip_first_letter,
+    with_preamble,
+    with_sign_off,
+)
 from prlm.reward.users import UserPartition
 from test_reward_model import make_tiny_rm
 

@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.faulttest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True, help="new SQLite file to create, or the URL of an empty "
                                                      "PostgreSQL database")
-    parser.add_argument("--model", default="none", help="model the server loads (default: none; writes do not need one)")
+    parser.add_argument("--model", default="none", help="model the server loads (default: none; writes do not need "
+                                                        "one)")
     parser.add_argument("--rounds", type=int, default=3, help="kill-and-restart cycles (default: 3)")
     parser.add_argument("--writers", type=int, default=4, help="concurrent writing clients (default: 4)")
     parser.add_argument("--kill-after", type=int, default=200, help="acknowledged writes per round before the kill")

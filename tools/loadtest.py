@@ -140,7 +140,8 @@ def markdown_rows(report: dict) -> str:
     for kind in ("all", "write", "generate"):
         s = report[kind]
         extra = f" (mean batch {s['mean_batch_size']}, max {s['max_batch_size']})" if kind == "generate" else ""
-        lines.append(f"| {report['clients']} | {kind}{extra} | {s['requests']} | {s['throughput_rps']} | {s['p50_ms']} | "
+        lines.append(f"| {report['clients']} | {kind}{extra} | {s['requests']} | {s['throughput_rps']} | "
+                     f"{s['p50_ms']} | "
                      f"{s['p95_ms']} | {s['p99_ms']} | {s['5xx']} | {s['connection_errors']} |")
     return "\n".join(lines)
 
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds at most (default: 30)")
     parser.add_argument("--max-requests", type=int, default=1000, help="requests at most, all clients together")
-    parser.add_argument("--write-share", type=float, default=0.5, help="share of requests that are writes (default: 0.5)")
+    parser.add_argument("--write-share", type=float, default=0.5, help="share of requests that are writes (default: "
+                                                                       "0.5)")
     parser.add_argument("--task", default="synthetic", help="task of the entries and generations")
     parser.add_argument("--k", type=int, default=4, help="k of the generations")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown table rows")

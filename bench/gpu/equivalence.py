@@ -1,8 +1,10 @@
 """On CUDA: prefix-shared log-probs and gradients against TRL's fused pass (fp32), and bf16 agreement."""
 import torch
 from trl.trainer.utils import add_fused_lm_head
+
 from prlm.models import load_policy
 from prlm.training.prefix_sharing import prefix_shared_logps
+
 model, tok = load_policy("smollm2-135m", device="cuda")
 add_fused_lm_head(model, temperature=0.9, outputs=("log_probs", "entropy"))
 model.train()

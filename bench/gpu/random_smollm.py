@@ -1,7 +1,11 @@
 """A SmolLM2-135M-shaped model with random weights in a prlm cache folder (the GPU machine gets no weights)."""
-import os, shutil, torch
+import os
+import shutil
 from pathlib import Path
+
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+
 out = Path(os.environ["PRLM_CACHE"]) / "smollm2-135m-instruct"
 out.mkdir(parents=True, exist_ok=True)
 for f in Path(".gpu/smollm-files").iterdir():

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from prlm import PrlmError, __version__
+from prlm.io import check_output_dir
 from prlm.options import add_config_args, config_from_args, to_dict
 from prlm.pipeline import EvalConfig
-from prlm.io import check_output_dir
 
 
 def _check_inputs_before_loading(cfg) -> None:
@@ -124,9 +124,9 @@ def _cmd_sft(args) -> None:
 
 
 def _cmd_sweep(args) -> None:
-    from prlm.sweep import load_sweep_config, run_sweep
-
     import shlex
+
+    from prlm.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(args.config, args.set)
     check_output_dir(cfg.out, "out")
@@ -138,9 +138,9 @@ def _cmd_sweep(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from prlm.study import load_study_config, run_study
-
     import shlex
+
+    from prlm.study import load_study_config, run_study
 
     cfg = load_study_config(args.config, args.set)
     check_output_dir(cfg.out, "out")
@@ -240,7 +240,8 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("rescore", help="re-extract answers from a run's recorded completions and recompute its metrics")
+    p = sub.add_parser("rescore", help="re-extract answers from a run's recorded completions and recompute its "
+                                       "metrics")
     p.add_argument("runs", nargs="+", help="run folders")
     p.set_defaults(func=_cmd_rescore)
 
@@ -299,7 +300,8 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the cells finished so far, evaluating nothing")
     p.add_argument("--into", metavar="MARKDOWN",
-                   help="also write the report as a section of this file (e.g. docs/results.md), plots copied beside it")
+                   help="also write the report as a section of this file (e.g. docs/results.md), plots copied beside "
+                        "it")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("run", help="the whole study from a YAML config: data, retrieval, reward model, GRPO, "

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -144,7 +144,8 @@ def write_run(out: str | Path, rows: list[dict], summary: dict, task_name: str) 
 def load_run(path: str | Path) -> tuple[dict, list[dict]]:
     path = Path(path)
     if not (path / "summary.json").is_file() or not (path / "predictions.jsonl").is_file():
-        raise PrlmError(f"'{path}' is not a run folder (needs summary.json and predictions.jsonl); make one with `prlm eval --out {path}`")
+        raise PrlmError(f"'{path}' is not a run folder (needs summary.json and predictions.jsonl); make one with "
+                        f"`prlm eval --out {path}`")
     return json.loads((path / "summary.json").read_text(encoding="utf-8")), read_jsonl(path / "predictions.jsonl")
 
 
@@ -164,7 +165,8 @@ def compare_runs(path_a: str | Path, path_b: str | Path, samples: int = 1000, se
     (sum_a, rows_a), (sum_b, rows_b) = load_run(path_a), load_run(path_b)
     by_id_a, by_id_b = {r["id"]: r for r in rows_a}, {r["id"]: r for r in rows_b}
     if set(by_id_a) != set(by_id_b):
-        raise PrlmError(f"runs '{path_a}' and '{path_b}' cover different question ids; evaluate both on the same split and limit")
+        raise PrlmError(f"runs '{path_a}' and '{path_b}' cover different question ids; evaluate both on the same "
+                        "split and limit")
     ids = sorted(by_id_a)
     metrics = [k for k in sum_a["metrics"] if k in sum_b["metrics"]]
     return [paired_bootstrap([by_id_a[i]["metrics"][m] for i in ids], [by_id_b[i]["metrics"][m] for i in ids],

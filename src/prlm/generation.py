@@ -7,8 +7,8 @@ template and pre-fill included) and returns, per prompt, a list of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from prlm import PrlmError
 from prlm.options import check_choice, check_device, opt
@@ -18,10 +18,12 @@ from prlm.prompts import MAX_PROMPT_TOKENS
 @dataclass
 class GenerationConfig:
     model: str = opt("smollm2-135m", "Policy model: 'smollm2-135m' (embedded), a local folder or a Hugging Face id.")
-    backend: str = opt("auto", "Generation backend: 'hf' (transformers), 'vllm', or 'auto' (vLLM when installed and a GPU is present).")
+    backend: str = opt("auto", "Generation backend: 'hf' (transformers), 'vllm', or 'auto' (vLLM when installed and a "
+                               "GPU is present).")
     device: str = opt("auto", "Device for the model: 'cpu', 'cuda', 'cuda:1', or 'auto' (CUDA when available).")
     batch_size: int = opt(8, "Prompts per generation batch.")
-    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt; profile entries share what the input leaves.")
+    max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt; profile entries share what the input "
+                                                    "leaves.")
     max_new_tokens: int = opt(32, "Tokens generated at most per answer (raise it for the reasoning prompt).")
     temperature: float = opt(0.0, "0 for greedy decoding (evaluation); > 0 samples.")
     top_p: float = opt(1.0, "Nucleus sampling mass when temperature > 0.")

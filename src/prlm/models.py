@@ -224,7 +224,7 @@ def _is_local(path: str) -> bool:
 def _load_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError]
     try:
-        from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
         errors += [HFValidationError, HfHubHTTPError]
     except ImportError:  # pragma: no cover - old huggingface_hub

@@ -120,12 +120,12 @@ def _hint(key: str, fields: dict) -> str:
     return f"; known: {', '.join(sorted(fields))}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(cls: type) -> dict:
     return typing.get_type_hints(cls)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(tp: Any) -> pydantic.TypeAdapter:
     return pydantic.TypeAdapter(tp)
 
@@ -221,7 +221,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = _type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {f.default})")
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: "
+                                                                   f"{f.default})")
         if hints[f.name] is bool:
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL", **kwargs)
         elif typing.get_origin(hints[f.name]) in (list, tuple) or hints[f.name] in (list, tuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prlm import PrlmError
@@ -31,9 +31,15 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
     split: str = opt("dev", "Split to evaluate: train, dev or test.")
     method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
     out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
-    force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning (`</think>\n<answer>`) and generate up to N more tokens for the answer (budget forcing); 0 = off. The recorded format rate counts the first pass only.")
-    predict_only: bool = opt(False, "Write predictions only (predictions.jsonl, lamp_predictions.json for a LaMP submission), no metrics: for a split whose gold outputs are withheld (LaMP's test set). Golds are neither needed nor scored.")
-    allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs file's `task` field, or the instruction the inputs start with).")
+    force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning "
+                                       "(`</think>\n<answer>`) and generate up to N more tokens for the answer "
+                                       "(budget forcing); 0 = off. The recorded format rate counts the first pass "
+                                       "only.")
+    predict_only: bool = opt(False, "Write predictions only (predictions.jsonl, lamp_predictions.json for a LaMP "
+                                    "submission), no metrics: for a split whose gold outputs are withheld (LaMP's "
+                                    "test set). Golds are neither needed nor scored.")
+    allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs "
+                                           "file's `task` field, or the instruction the inputs start with).")
 
     def __post_init__(self):
         GenerationConfig.__post_init__(self)
@@ -93,7 +99,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         "config": asdict(cfg),
         "notes": [note for note in [meteor_status()] if note],
         "environment": environment(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - started, 1),
     }
     write_run(cfg.out, rows, summary, task.name)
@@ -165,6 +171,6 @@ def rescore_run(path: str | Path) -> dict:
     summary["metrics"], summary["empty_answers"] = means, sum(not r["answer"] for r in rows)
     if method == REASONING_METHOD:
         summary["format_rate"] = sum(has_reasoning_format(r["completion"], prefill) for r in rows) / len(rows)
-    summary["rescored"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    summary["rescored"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_run(path, rows, summary, task.name)
     return summary

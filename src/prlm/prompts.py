@@ -15,8 +15,8 @@ prompt never exceeds `max_prompt_tokens`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from prlm import PrlmError
 from prlm.answers import REASONING_METHOD, prefill_for

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from prlm.evaluation import compare_runs, load_run, summary_markdown
 from prlm.io import atomic_write_text, read_jsonl

@@ -295,7 +295,8 @@ def curves_markdown(root: str | Path, curves: dict[tuple[str, str], list[dict]],
                 mark = " (best)" if row is best else ""
                 move = moves.get(row["step"])
                 moved = f"{move[0]:+.4f} [{move[1]:+.4f}, {move[2]:+.4f}]" if move else "-"
-                lines.append(f"| {row['step']}{mark} | {row['dev/rougeL']:.4f} | {moved} | {row['dev/format_rate']:.3f} | "
+                lines.append(f"| {row['step']}{mark} | {row['dev/rougeL']:.4f} | {moved} | "
+                             f"{row['dev/format_rate']:.3f} | "
                              f"{row.get('dev/answer_words', float('nan')):.1f} | {mean} |")
         lines += ["", f"![learning curve of {name} on {data}]({curve_png(data, name)})", ""]
     return "\n".join(lines)

@@ -16,9 +16,9 @@ import math
 import operator
 import random
 from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -213,7 +213,8 @@ class RecencyRetriever(Retriever):
         out = []
         for entry in profile:
             if "date" not in entry:
-                raise PrlmError(f"recency retrieval needs a 'date' on every profile entry; entry '{entry['id']}' has none")
+                raise PrlmError(f"recency retrieval needs a 'date' on every profile entry; entry '{entry['id']}' has "
+                                "none")
             try:
                 out.append(date.fromisoformat(str(entry["date"])[:10]).toordinal())
             except ValueError:
@@ -426,12 +427,14 @@ class ProfileDataConfig:
     """The questions a stage reads and the profile entries each one sees;
     shared by evaluation, reward-model pairs and training."""
 
-    task: str = opt("commit-subject", "Task name from the task table (LaMP-4, LaMP-5, LaMP-7, commit-subject, synthetic).")
+    task: str = opt("commit-subject", "Task name from the task table (LaMP-4, LaMP-5, LaMP-7, commit-subject, "
+                                      "synthetic).")
     data: str = opt("", "Dataset folder in LaMP's layout ({split}_questions.json and {split}_outputs.json).")
     split: str = opt("dev", "Split to read: train, dev or test.")
     retriever: str = opt("bm25", "Profile retriever: none, random, recency, bm25, bm25s, dense.")
     k: int = opt(4, "Profile entries retrieved per question.")
-    encoder: str = opt("minilm", "Encoder for dense retrieval: 'minilm' (embedded), a local folder or a Hugging Face id.")
+    encoder: str = opt("minilm", "Encoder for dense retrieval: 'minilm' (embedded), a local folder or a Hugging Face "
+                                 "id.")
     limit: int = opt(0, "Use only the first N questions of the split (0 = all).")
     allow_empty_profiles: bool = opt(False, "Accept questions whose profile is empty.")
 

@@ -47,7 +47,8 @@ class StudyConfig:
     out: str = opt("", "Folder of the study: data/, retrieval/, rm/, train/, eval/, report.md.")
     task: str = opt("synthetic", "Task name from the task table.")
     data: str = opt("", "Dataset folder in LaMP's layout; empty with `synthetic` set = out/data.")
-    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the data.",
+    synthetic: dict = opt(None, "Options of the synthetic task (see `prlm data synth --help`); set to generate the "
+                                "data.",
                           section="prlm.data.synthetic:SyntheticConfig")
     model: str = opt("smollm2-135m", "Policy model for every method.")
     retriever: str = opt("bm25", "Profile retriever for every method.")
@@ -68,7 +69,8 @@ class StudyConfig:
     eval_warmup_only: bool = opt(False, "Also evaluate the policy after the supervised warm-up alone (before GRPO), "
                                  "to show what GRPO adds.")
     seed: int = opt(0, "Seed of every stage.")
-    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} to reuse one; train.w_pers 0 skips it.",
+    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} "
+                         "to reuse one; train.w_pers 0 skips it.",
                    section="prlm.study:RewardModelSection")
     train: dict = opt(None, "GRPO training options (see `prlm train --help`).", section="prlm.training.config:TrainConfig")
 

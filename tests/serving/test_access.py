@@ -8,7 +8,6 @@ import random
 
 import pytest
 from fastapi.testclient import TestClient
-
 from support import ADMIN, TASK, bearer, entry, make_app, provision
 
 SECRET_B = "zqxvbobsecretkumquat"  # text only bob's profile holds

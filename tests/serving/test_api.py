@@ -65,7 +65,8 @@ def test_entries_add_list_delete(server):
     client, _ = server
     alice = provision(client, "alice")
     r = client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": [
-        entry("a1", "Storm hits harbor", "A storm hit the harbor."), entry("a2", "Vote on budget", "The council voted.")]})
+        entry("a1", "Storm hits harbor", "A storm hit the harbor."), entry("a2", "Vote on budget", "The council "
+                                                                                                   "voted.")]})
     assert r.status_code == 201 and r.json() == {"user_id": "alice", "task": TASK, "ids": ["a1", "a2"], "version": 1}
     r = client.post("/v1/users/alice/entries", headers=alice,
                     json={"task": "LaMP-7", "entries": [{"text": "good morning all", "date": "2024-02-02"}]})
@@ -92,7 +93,8 @@ def test_generate_returns_answer_reasoning_hits_timings(server):
         entry("a2", "Council votes budget", "The council voted on the budget.", "2024-01-05"),
         entry("a3", "Museum opens", "The museum opened its doors.", "2024-01-03")]})
     r = client.post("/v1/users/alice/generate", headers=alice,
-                    json={"task": TASK, "input": "Generate a headline for the following article: A storm near the harbor.",
+                    json={"task": TASK, "input": "Generate a headline for the following article: A storm near the "
+                                                 "harbor.",
                           "k": 2})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -147,7 +149,8 @@ def test_index_is_rebuilt_when_the_profile_changes(server):
     alice = provision(client, "alice")
     gen = {"task": TASK, "input": "Generate a headline for the following article: the festival bridge", "k": 16}
     client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": [
-        entry("a0", "Museum opens", "The museum opened."), entry("a1", "Storm hits harbor", "A storm hit the harbor.")]})
+        entry("a0", "Museum opens", "The museum opened."), entry("a1", "Storm hits harbor", "A storm hit the "
+                                                                                            "harbor.")]})
     assert [h["id"] for h in client.post("/v1/users/alice/generate", headers=alice, json=gen).json()["retrieved"]] == ["a0", "a1"]
     engine = app.state.prlm.engine
     rebuilds = engine.index.rebuilds

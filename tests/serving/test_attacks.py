@@ -17,7 +17,6 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
 from support import ADMIN, TASK, ThreadedServer, bearer, entry, make_app, provision
 
 SECRET = "zqx the mayor resigns over the harbor deal"

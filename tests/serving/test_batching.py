@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 from fastapi.testclient import TestClient
-
 from support import TASK, entry, make_app, provision
 
 

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from support import ADMIN, TASK, ThreadedServer, entry, make_app
 
 CHROMIUM = os.environ.get("PRLM_CHROMIUM", "/usr/bin/chromium")

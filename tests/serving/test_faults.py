@@ -7,7 +7,6 @@ import os
 
 import pytest
 from fastapi.testclient import TestClient
-
 from support import ADMIN, TASK, bearer, entry, serve_config
 
 

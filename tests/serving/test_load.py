@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from prlm import PrlmError
 from support import ADMIN, ThreadedServer, make_app
 from tools.loadtest import markdown_rows, run_load_test
+
+from prlm import PrlmError
 
 
 @pytest.mark.slow

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
-from prlm.serving.client import Client
 from support import ADMIN, TASK, entry
 from tools.faulttest import ServerProcess, run_fault_test
+
+from prlm.serving.client import Client
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ import re
 import subprocess
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prlm import PrlmError
@@ -49,11 +49,16 @@ PERSON_TRAILERS = ("*-by,*-to,Co-authored-by,Signed-off-by,Cc,Author,Authors,Tha
 @dataclass
 class FromGitConfig:
     rev: str = opt("HEAD", "Revision whose history is read (a branch, tag or commit).")
-    train_per_author: int = opt(4, "Train questions per author (each author's commits before dev and test); 0 = all that have a profile of min_profile.")
-    min_profile: int = opt(3, "Earlier commits a question needs in its profile; authors with too few commits are left out.")
+    train_per_author: int = opt(4, "Train questions per author (each author's commits before dev and test); 0 = all "
+                                   "that have a profile of min_profile.")
+    min_profile: int = opt(3, "Earlier commits a question needs in its profile; authors with too few commits are left "
+                              "out.")
     max_profile: int = opt(48, "Profile entries kept per question (the newest earlier commits).")
     max_chars: int = opt(1200, "Characters kept of a body (input and profile text).")
-    person_trailers: str = opt(PERSON_TRAILERS, "Comma-separated trailer keys whose lines name people; such lines are removed wherever they sit in a body (case-insensitive; * matches any text, so *-by covers Reported-by, Suggested-by, Helped-by...). Any `Key: value` line holding an e-mail address is removed too.")
+    person_trailers: str = opt(PERSON_TRAILERS, "Comma-separated trailer keys whose lines name people; such lines are "
+                                                "removed wherever they sit in a body (case-insensitive; * matches any "
+                                                "text, so *-by covers Reported-by, Suggested-by, Helped-by...). Any "
+                                                "`Key: value` line holding an e-mail address is removed too.")
 
     def __post_init__(self):
         if self.train_per_author < 0:
@@ -82,7 +87,7 @@ class Commit:
 
     @property
     def date(self) -> str:
-        return datetime.fromtimestamp(self.time, tz=timezone.utc).strftime("%Y-%m-%d")
+        return datetime.fromtimestamp(self.time, tz=UTC).strftime("%Y-%m-%d")
 
 
 def strip_trailers(body: str) -> str:
@@ -115,7 +120,7 @@ def scrub_people(body: str, person_keys: list[str]) -> str:
     return "\n".join(kept)
 
 
-def clean_body(body: str, cfg: "FromGitConfig") -> str:
+def clean_body(body: str, cfg: FromGitConfig) -> str:
     """Closing trailers and contributor lines removed, cut at `max_chars`."""
     return strip_trailers(scrub_people(strip_trailers(body), cfg.person_keys))[:cfg.max_chars].strip()
 
@@ -207,6 +212,6 @@ def dataset_from_git(repo: str | Path, out: str | Path, cfg: FromGitConfig) -> d
     atomic_write_json(Path(out) / "meta.json", {
         "task": TASK_NAME, "source": "git log --no-merges", "commits_read": len(commits),
         "authors": len({r["user_id"] for r in splits["test"]}), "questions": counts, "config": asdict(cfg),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     return counts

@@ -163,7 +163,8 @@ def _ints(value, name: str, size: int) -> tuple[int, ...]:
         try:
             value = tuple(int(v) for v in value.split(","))
         except ValueError:
-            raise PrlmError(f"{name} must be {size} comma-separated integers (train,dev,test), got {value!r}") from None
+            raise PrlmError(f"{name} must be {size} comma-separated integers (train,dev,test), got "
+                            f"{value!r}") from None
     if not isinstance(value, (tuple, list)) or len(value) != size:
         raise PrlmError(f"{name} must be {size} integers (train, dev, test), got {value!r}")
     for v in value:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from prlm import PrlmError
 from prlm.answers import REASONING_METHOD, THINK_PREFILL, last_message_text, parse_completion

@@ -27,7 +27,8 @@ def command_line(prefix: str, cfg) -> str:
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if value != f.default:
-            parts.append(f"--{f.name.replace('_', '-')} {shlex.quote(str(value).lower() if isinstance(value, bool) else str(value))}")
+            parts.append(f"--{f.name.replace('_', '-')} "
+                         f"{shlex.quote(str(value).lower() if isinstance(value, bool) else str(value))}")
     return " ".join(parts)
 
 
@@ -68,14 +69,15 @@ def _cmd_judge(args) -> None:
 
 def add_rm_commands(subparsers) -> None:
     """Register `rm` and its subcommands on the top-level `prlm` subparsers."""
-    from prlm.reward.model import RMEvalConfig, RewardTrainConfig
+    from prlm.reward.model import RewardTrainConfig, RMEvalConfig
     from prlm.reward.pairs import PairsConfig
     from prlm.reward.personalization import ScoreConfig
 
     rm = subparsers.add_parser("rm", help="the personalization reward model: pairs, train, eval, score")
     sub = rm.add_subparsers(dest="rm_command", required=True)
 
-    p = sub.add_parser("pairs", help="generate preference pairs (answer with profile > answer without) as JSONL; resumable")
+    p = sub.add_parser("pairs", help="generate preference pairs (answer with profile > answer without) as JSONL; "
+                                     "resumable")
     add_config_args(p, PairsConfig)
     p.set_defaults(func=_cmd_pairs)
 
@@ -107,11 +109,13 @@ def add_rm_commands(subparsers) -> None:
     p.add_argument("--out", default="", help="JSONL of per-question flags and scores to write")
     p.set_defaults(func=_cmd_judge)
 
-    p = sub.add_parser("train", help="train the (input, answer) scorer on pairs (Bradley-Terry, validation on held-out users)")
+    p = sub.add_parser("train", help="train the (input, answer) scorer on pairs (Bradley-Terry, validation on "
+                                     "held-out users)")
     add_config_args(p, RewardTrainConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="pairwise accuracy and mean margin of a checkpoint on a pairs file, with bootstrap 95%% intervals")
+    p = sub.add_parser("eval", help="pairwise accuracy and mean margin of a checkpoint on a pairs file, with "
+                                    "bootstrap 95%% intervals")
     add_config_args(p, RMEvalConfig)
     p.set_defaults(func=_cmd_eval)
 

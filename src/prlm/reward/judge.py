@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from prlm import PrlmError
 
@@ -105,9 +105,9 @@ def judge_rows(model, predictions: Sequence[dict], questions: dict, k: int | Non
     a question id to its :class:`prlm.data.Example`; `k` past outputs form the context (default: the model's).
     """
     from prlm.data.tasks import get_task
+    from prlm.retrieval import BM25Retriever
     from prlm.reward.personalization import degenerate_reason
     from prlm.reward.style_pairs import past_outputs_context
-    from prlm.retrieval import BM25Retriever
 
     if model.config.get("role") not in (None, "judge"):
         raise PrlmError(f"this checkpoint was trained as a '{model.config.get('role')}' model; the judge must be "

@@ -28,16 +28,16 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from prlm import PrlmError
-from prlm.options import check_choice, opt
 from prlm.io import atomic_write_json
+from prlm.options import check_choice, opt
 from prlm.reward.users import ROLES, UserPartition
 
 RM_CONFIG_NAME = "prlm_rm_config.json"
@@ -259,7 +259,7 @@ class RewardModel:
         return scores
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", backbone: str | None = None) -> "RewardModel":
+    def load(cls, path: str | Path, device: str = "cpu", backbone: str | None = None) -> RewardModel:
         return load_reward_model(path, device=device, backbone=backbone)
 
 
@@ -581,7 +581,7 @@ def train_reward_model(cfg: RewardTrainConfig, progress: bool = True) -> dict:
                      device="cpu" if use_cpu else _resolve_device(cfg.device))
     rm_config.update(_pair_metrics(rm, val_rows, report_rows, cfg.eval_batch_size))
     rm_config["wall_time_s"] = round(time.time() - started, 1)
-    rm_config["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rm_config["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     rm_config["environment"] = environment()
     rm_config["torch_threads"] = torch.get_num_threads()
     save_reward_model(out, rm.model, tokenizer, rm_config, overwrite=cfg.overwrite)

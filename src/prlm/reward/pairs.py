@@ -35,10 +35,10 @@ other options refuses to mix its pairs into the file.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from prlm import PrlmError
 from prlm.data.tasks import Task
@@ -61,7 +61,8 @@ class PairsConfig(GenerationConfig, ProfileDataConfig):
     retriever: str = opt("bm25", "Profile retriever for the chosen (rag) answer: random, recency, bm25, bm25s, dense.")
     kinds: str = opt("rag-vs-no-profile", "Pair kinds, comma separated: rag-vs-no-profile (the paper's), "
                      "gold-vs-no-profile, gold-vs-other-user.")
-    chunk_size: int = opt(64, "Questions per chunk; each finished chunk is saved, so an interrupted run resumes there.")
+    chunk_size: int = opt(64, "Questions per chunk; each finished chunk is saved, so an interrupted run resumes "
+                              "there.")
     no_profile_run: str = opt("", "Run folder of `prlm eval --method no-profile` on the same split: reuse its answers "
                               "(column 'answer') instead of generating them.")
     out: str = opt("", "JSONL file to write (a sidecar <out>.meta.json keeps provenance and dropped pairs).")
@@ -270,7 +271,7 @@ class _PairsFile:
         self.cfg, self.text, self.rows = cfg, text, rows
         self.dropped: dict[str, str] = dict(meta.get("dropped", {}))
         self.meta = {"provenance": cfg.provenance(), "dropped": self.dropped, "started": meta.get("started") or
-                     datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                     datetime.now(UTC).isoformat(timespec="seconds")}
 
     def questions_done(self) -> set[str]:
         """Questions already in the file or whose pairs were all dropped."""
@@ -417,7 +418,7 @@ def _summary(cfg: PairsConfig, file: _PairsFile, written: int, questions_now: in
         "questions_resumed": questions - questions_now, "dropped": len(file.dropped), "dropped_by_reason": reasons,
         "by_kind": {k: sum(r.get("kind") == k for r in file.rows) for k in cfg.kind_list},
         "wall_time_s": round(time.time() - started, 1),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

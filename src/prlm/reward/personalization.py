@@ -45,10 +45,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prlm import PrlmError
 from prlm.answers import REASONING_METHOD, THINK_PREFILL, assistant_text, first_answer_section, parse_completion

@@ -35,13 +35,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from prlm import PrlmError
-from prlm.options import check_choice, opt
 from prlm.io import atomic_write_json, atomic_write_text
+from prlm.options import check_choice, opt
 from prlm.reward.users import GROUPS, UserPartition
 
 STYLE_KINDS = ("own-vs-other-user", "preamble", "sign-off", "casing", "input-copy")
@@ -244,8 +244,8 @@ def _subset_per_user(outputs: Sequence[OwnOutput], cap: int, seed: int) -> list[
 def build_style_pairs(cfg: StylePairsConfig, partition: UserPartition | None = None) -> dict:
     """Write the pairs file of `cfg`; returns a summary (also in the sidecar <out>.meta.json)."""
     from prlm.data import get_task, load_split
-    from prlm.reward.pairs import meta_path
     from prlm.retrieval import BM25Retriever
+    from prlm.reward.pairs import meta_path
 
     started = time.time()
     partition = partition or UserPartition()

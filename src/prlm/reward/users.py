@@ -21,8 +21,8 @@ For the judge the roles swap: it trains on ``held-out``, chooses its epoch on
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from prlm import PrlmError
 

@@ -7,7 +7,8 @@ whether or not that user exists).
 
 from __future__ import annotations
 
-from fastapi import Depends, HTTPException, Path as PathParam, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prlm import PrlmError

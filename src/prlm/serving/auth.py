@@ -43,7 +43,8 @@ def load_admin_token(token_file: str = "") -> str:
             raise PrlmError(f"no admin token: set {ADMIN_ENV} or pass --admin-token-file FILE "
                             f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > admin.token)")
     if len(token) < MIN_ADMIN_TOKEN_CHARS:
-        raise PrlmError(f"the admin token from {source} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a random one")
+        raise PrlmError(f"the admin token from {source} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a "
+                        "random one")
     if len(set(token)) < MIN_ADMIN_TOKEN_DISTINCT:
         raise PrlmError(f"the admin token from {source} has only {len(set(token))} distinct characters; "
                         f"use a random one (python -c 'import secrets; print(secrets.token_urlsafe(32))')")

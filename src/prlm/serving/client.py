@@ -25,7 +25,8 @@ def loopback_url(url: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if not loopback:
-        raise PrlmError(f"url '{url}' is not a loopback address; these tests only target this machine (127.0.0.1, ::1)")
+        raise PrlmError(f"url '{url}' is not a loopback address; these tests only target this machine (127.0.0.1, "
+                        "::1)")
     return host, parts.port or 80
 
 

@@ -28,7 +28,8 @@ class ServeConfig:
     admin_token_file: str = opt("", "File holding the admin token (else env PRLM_ADMIN_TOKEN; there is no default).")
     method: str = opt("prlm", "Prompt style: prlm (reasoning then answer), rag, or no-profile.")
     retriever: str = opt("bm25", "Default retriever when a request names none.")
-    allowed_retrievers: str = opt("none,random,recency,bm25,bm25s,dense", "Comma-separated retrievers a request may ask for.")
+    allowed_retrievers: str = opt("none,random,recency,bm25,bm25s,dense", "Comma-separated retrievers a request may "
+                                                                          "ask for.")
     k: int = opt(4, "Default number of profile entries retrieved.")
     max_k: int = opt(16, "Largest k a request may ask for.")
     backend: str = opt("hf", "Generation backend: hf (transformers), vllm, or auto.")

@@ -19,9 +19,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from prlm.answers import parse_completion, stop_strings
 from prlm.data.tasks import Task, get_task

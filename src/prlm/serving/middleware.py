@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match

@@ -120,7 +120,8 @@ class PostgresProfileStore(ProfileStore):
     def create_user(self, user_id: str, token_hash: str) -> None:
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM users WHERE lower(user_id)=lower(%s)", (user_id,)).fetchone():
-                raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST /v1/users/{user_id}/token")
+                raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST "
+                                      f"/v1/users/{user_id}/token")
             try:
                 with conn.transaction():  # a savepoint: a concurrent create of the same id is a 409, not an error
                     conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (%s, %s, %s)",

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prlm import PrlmError
@@ -150,7 +150,7 @@ def _create_private(path: Path) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class SQLiteProfileStore(ProfileStore):
@@ -240,8 +240,10 @@ class SQLiteProfileStore(ProfileStore):
         def op(conn):
             # Case-insensitive: a database from before ids were lower-cased may hold 'Alice'.
             if conn.execute("SELECT 1 FROM users WHERE lower(user_id)=lower(?)", (user_id,)).fetchone():
-                raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST /v1/users/{user_id}/token")
-            conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (?, ?, ?)", (user_id, token_hash, _now()))
+                raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST "
+                                      f"/v1/users/{user_id}/token")
+            conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (?, ?, "
+                         "?)", (user_id, token_hash, _now()))
 
         self._write(op)
 
@@ -271,7 +273,8 @@ class SQLiteProfileStore(ProfileStore):
                 fields = {k: v for k, v in entry.items() if k != "id"}
                 entry_id = entry.get("id") or "e" + secrets.token_hex(6)
                 try:
-                    conn.execute("INSERT INTO entries (user_id, entry_id, task, fields, created) VALUES (?, ?, ?, ?, ?)",
+                    conn.execute("INSERT INTO entries (user_id, entry_id, task, fields, created) VALUES (?, ?, ?, ?, "
+                                 "?)",
                                  (user_id, entry_id, task, json.dumps(fields, ensure_ascii=False), now))
                 except sqlite3.IntegrityError:
                     raise StoreError(409, f"entry id '{entry_id}' already exists in this profile") from None

@@ -23,14 +23,16 @@ class SweepConfig:
     out: str = opt("", "Folder of the sweep: retrieval/, cells/, sft/, report.md, cells.csv, plots/.")
     task: str = opt("commit-subject", "Task name from the task table.")
     data: str = opt("", "Dataset folder in LaMP's layout.")
-    split: str = opt("dev", "Split every cell is evaluated on: dev while choices are made; test only with final: true.")
+    split: str = opt("dev", "Split every cell is evaluated on: dev while choices are made; test only with final: "
+                            "true.")
     final: bool = opt(False, "This sweep is the protocol's final confirmation on the test split (set it together with "
                              "split: test, once, after every choice was made on dev).")
     limit: int = opt(0, "Evaluate the first N questions only (0 = all); for a reduced sweep on a CPU.")
     methods: list = opt(SWEEP_METHODS, "Methods of the grid: no-profile (once), rag and prlm (every cell).")
     retrievers: list = opt(("random", "recency", "bm25", "dense"), "Retrievers of the grid.")
     ks: list = opt((1, 2, 4, 8), "Numbers of retrieved entries of the grid.")
-    max_cells: int = opt(0, "Evaluate at most N grid cells, the main cell first, then retriever by retriever (0 = all).")
+    max_cells: int = opt(0, "Evaluate at most N grid cells, the main cell first, then retriever by retriever (0 = "
+                            "all).")
     main_retriever: str = opt("bm25", "Retriever of the main cell (where sft and extra_models are evaluated).")
     main_k: int = opt(4, "k of the main cell.")
     model: str = opt("smollm2-135m", "Base policy of no-profile and rag (and the start of sft).")

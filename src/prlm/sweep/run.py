@@ -9,7 +9,7 @@ import dataclasses
 import json
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -136,8 +136,7 @@ def _sft_stage(cfg: SweepConfig) -> Stage:
 
 
 def _evaluate(cfg: SweepConfig, cell: Cell, opts: dict, slot: ModelSlot) -> None:
-    from prlm.pipeline import EvalConfig
-    from prlm.pipeline import run_eval
+    from prlm.pipeline import EvalConfig, run_eval
 
     generator, tokenizer = slot.get(cell.model)
     retriever = load_ranked_retriever(cfg, cell.retriever) if cell.k else None
@@ -162,7 +161,7 @@ def _record_invocation(out: Path, command: str, started: float, status: dict, re
     import torch
 
     row = {"command": command or "run_sweep()", "report_only": report_only,
-           "started": datetime.fromtimestamp(started, tz=timezone.utc).isoformat(timespec="seconds"),
+           "started": datetime.fromtimestamp(started, tz=UTC).isoformat(timespec="seconds"),
            "wall_time_s": round(time.time() - started, 1), "threads": torch.get_num_threads(),
            "ran": sorted(n for n, s in status.items() if s == "ran")}
     with open(out / "commands.jsonl", "a", encoding="utf-8") as handle:

@@ -24,13 +24,22 @@ class TrainConfig(ProfileDataConfig):
     lora_r: int = opt(16, "LoRA rank.")
     lora_alpha: int = opt(32, "LoRA alpha.")
     # supervised warm-up of the output format
-    sft_steps: int = opt(0, "Supervised warm-up steps on the format (<think>..</think><answer>gold</answer>) before GRPO; 0 = none.")
+    sft_steps: int = opt(0, "Supervised warm-up steps on the format (<think>..</think><answer>gold</answer>) before "
+                            "GRPO; 0 = none.")
     sft_learning_rate: float = opt(5e-5, "Learning rate of the warm-up.")
     sft_batch_size: int = opt(4, "Examples per warm-up step.")
-    warmup_from: str = opt("", "Start GRPO from the warm-up policy of an earlier run (its OUT/sft-model folder) instead of training one; for ablations that change only GRPO. sft_steps is then not used.")
-    warmup_share: float = opt(1.0, "Share of the training questions the supervised warm-up trains on (0 < share <= 1), chosen by a hash of the question id (stable across runs and machines); the rest are never seen by the warm-up. 1 = all.")
-    grpo_questions: str = opt("all", "Questions GRPO trains on: 'all', or 'unseen' (only those outside the warm-up share: the warm-up memorises its gold answers, so rewards on its own questions say little). 'unseen' needs warmup_share < 1.")
-    sft_micro_batch: int = opt(2, "Examples per forward pass in the warm-up; gradient accumulation makes up sft_batch_size (same update, lower peak memory: the warm-up holds full-vocabulary logits for every position).")
+    warmup_from: str = opt("", "Start GRPO from the warm-up policy of an earlier run (its OUT/sft-model folder) "
+                               "instead of training one; for ablations that change only GRPO. sft_steps is then not "
+                               "used.")
+    warmup_share: float = opt(1.0, "Share of the training questions the supervised warm-up trains on (0 < share <= "
+                                   "1), chosen by a hash of the question id (stable across runs and machines); the "
+                                   "rest are never seen by the warm-up. 1 = all.")
+    grpo_questions: str = opt("all", "Questions GRPO trains on: 'all', or 'unseen' (only those outside the warm-up "
+                                     "share: the warm-up memorises its gold answers, so rewards on its own questions "
+                                     "say little). 'unseen' needs warmup_share < 1.")
+    sft_micro_batch: int = opt(2, "Examples per forward pass in the warm-up; gradient accumulation makes up "
+                                  "sft_batch_size (same update, lower peak memory: the warm-up holds full-vocabulary "
+                                  "logits for every position).")
     # GRPO
     max_steps: int = opt(20, "GRPO optimisation steps.")
     prompts_per_step: int = opt(2, "Distinct prompts per step; each is sampled num_generations times.")
@@ -45,16 +54,21 @@ class TrainConfig(ProfileDataConfig):
     epsilon: float = opt(0.2, "Clipping range of the policy ratio.")
     loss_type: str = opt("dapo", "TRL's GRPO loss aggregation: grpo, dapo, dr_grpo, bnpo.")
     # learning curve on dev
-    dev_eval_steps: int = opt(0, "Evaluate the policy greedily on dev every N GRPO steps (and at step 0 and the last step), log dev ROUGE-L / format rate / answer length into train_log.jsonl, keep the dev-best policy in OUT/best; 0 = off.")
-    dev_eval_limit: int = opt(40, "Questions of the dev split used for the learning curve: the first N, the same at every evaluation (0 = all).")
+    dev_eval_steps: int = opt(0, "Evaluate the policy greedily on dev every N GRPO steps (and at step 0 and the last "
+                                 "step), log dev ROUGE-L / format rate / answer length into train_log.jsonl, keep the "
+                                 "dev-best policy in OUT/best; 0 = off.")
+    dev_eval_limit: int = opt(40, "Questions of the dev split used for the learning curve: the first N, the same at "
+                                  "every evaluation (0 = all).")
     dev_eval_batch_size: int = opt(8, "Prompts per generation batch in the dev evaluation.")
     # rewards
     w_acc: float = opt(1.0, "Weight of the accuracy reward (ROUGE of the answer against the user's real output).")
     w_fmt: float = opt(0.1, "Weight of the format reward (<think>..</think><answer>..</answer>).")
     w_pers: float = opt(0.1, "Weight of the personalization reward model (needs reward_model).")
     accuracy_metrics: str = opt("rouge1,rouge2,rougeL", "Comma-separated ROUGE metrics summed by the accuracy reward.")
-    normalize_rewards: bool = opt(False, "Scale each reward term to 0..1 before weighting (ROUGE sum / number of metrics).")
-    reward_model: str = opt("", "Checkpoint folder of the personalization reward model (prlm rm train); empty = no personalization term.")
+    normalize_rewards: bool = opt(False, "Scale each reward term to 0..1 before weighting (ROUGE sum / number of "
+                                         "metrics).")
+    reward_model: str = opt("", "Checkpoint folder of the personalization reward model (prlm rm train); empty = no "
+                                "personalization term.")
     reward_device: str = opt("cpu", "Device of the reward model.")
     # run
     out: str = opt("", "Output folder: checkpoints/, final/, train_log.jsonl, train_log.csv, tensorboard/.")
@@ -64,9 +78,16 @@ class TrainConfig(ProfileDataConfig):
     seed: int = opt(0, "Seed of sampling, shuffling and initialisation.")
     use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
     bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
-    rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once for its whole group; faster) or 'trl' (TRL's own generate).")
-    stop_at_answer: bool = opt(True, "End each shared-prefix rollout right after `</answer>`, as evaluation does: no decoding step is spent on text the rewards never read (rollout 'trl' and vLLM run to EOS).")
-    prefix_sharing: str = opt("auto", "Log-prob passes that run each group's prompt once and score only completion tokens (same objective as TRL's, tested): 'auto' = on the CPU only (3x faster there; on a GPU at this size the extra pass costs more than it saves, measured in docs/gpu/benchmarks-grpo-h100.md), 'on', 'off' (TRL's own pass). Several processes, DeepSpeed or activation checkpointing always use TRL's pass.")
+    rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once "
+                                        "for its whole group; faster) or 'trl' (TRL's own generate).")
+    stop_at_answer: bool = opt(True, "End each shared-prefix rollout right after `</answer>`, as evaluation does: no "
+                                     "decoding step is spent on text the rewards never read (rollout 'trl' and vLLM "
+                                     "run to EOS).")
+    prefix_sharing: str = opt("auto", "Log-prob passes that run each group's prompt once and score only completion "
+                                      "tokens (same objective as TRL's, tested): 'auto' = on the CPU only (3x faster "
+                                      "there; on a GPU at this size the extra pass costs more than it saves, measured "
+                                      "in docs/gpu/benchmarks-grpo-h100.md), 'on', 'off' (TRL's own pass). Several "
+                                      "processes, DeepSpeed or activation checkpointing always use TRL's pass.")
     use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
     gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
@@ -109,15 +130,18 @@ class TrainConfig(ProfileDataConfig):
             raise PrlmError(f"warmup_from '{self.warmup_from}' holds no model (no config.json); point it at the "
                             "sft-model folder of a finished run, e.g. runs/commit-subject/train/sft-model")
         if self.num_generations < 2:
-            raise PrlmError(f"num_generations must be at least 2 (GRPO compares completions within a group), got {self.num_generations}")
+            raise PrlmError(f"num_generations must be at least 2 (GRPO compares completions within a group), got "
+                            f"{self.num_generations}")
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "save_steps"):
             if getattr(self, name) < (0 if name == "max_steps" else 1):
                 raise PrlmError(f"{name} is out of range: {getattr(self, name)}")
         metrics = self.metric_list
         if not metrics or any(m not in ROUGE_KEYS for m in metrics):
-            raise PrlmError(f"accuracy_metrics must be a comma-separated subset of {', '.join(ROUGE_KEYS)}, got '{self.accuracy_metrics}'")
+            raise PrlmError(f"accuracy_metrics must be a comma-separated subset of {', '.join(ROUGE_KEYS)}, got "
+                            f"'{self.accuracy_metrics}'")
         if self.w_pers and not self.reward_model:
-            raise PrlmError("w_pers > 0 needs a reward model: pass --reward-model CKPT (from `prlm rm train`) or --w-pers 0")
+            raise PrlmError("w_pers > 0 needs a reward model: pass --reward-model CKPT (from `prlm rm train`) or "
+                            "--w-pers 0")
         if min(self.w_acc, self.w_fmt, self.w_pers) < 0:
             raise PrlmError("reward weights must be >= 0")
         if "tensorboard" in self.report_to.split(",") and importlib.util.find_spec("tensorboard") is None:
@@ -132,7 +156,8 @@ class TrainConfig(ProfileDataConfig):
 
         if not earlier_config.is_file():
             raise PrlmError(f"grpo_questions 'unseen' with warmup_from needs the warm-up run's {earlier_config} "
-                            "to know which questions it trained on; use --grpo-questions all, or a run folder's sft-model")
+                            "to know which questions it trained on; use --grpo-questions all, or a run folder's "
+                            "sft-model")
         earlier = json.loads(earlier_config.read_text())
         if earlier.get("warmup_share", 1.0) != self.warmup_share:
             raise PrlmError(f"the warm-up in {self.warmup_from} trained on warmup_share "

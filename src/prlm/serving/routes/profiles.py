@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from datetime import date
 
-from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import Path as PathParam
 
 from prlm.data.tasks import TASKS
 from prlm.serving.access import get_state, owner, task_or_422

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path as PathParam
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
 
 from prlm.serving.access import admin, get_state, principal
 from prlm.serving.auth import hash_token, new_user_token
