@@ -55,7 +55,9 @@ def meteor(prediction: str, gold: str) -> float:
     return float(meteor_score([gold.split()], prediction.split()))
 
 
-def score_predictions(predictions: Mapping[str, str], golds: Mapping[str, str], with_meteor: bool = True) -> tuple[dict[str, dict], dict]:
+def score_predictions(
+    predictions: Mapping[str, str], golds: Mapping[str, str], with_meteor: bool = True
+) -> tuple[dict[str, dict], dict]:
     """Per-example metrics and their means; the id sets must be equal, as in LaMP."""
     if set(predictions) != set(golds):
         missing = sorted(set(golds) - set(predictions))
@@ -95,7 +97,9 @@ class BootstrapResult:
                 f"[95% CI {self.low:+.4f}, {self.high:+.4f}] (n={self.n})")
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], metric: str = "", samples: int = 1000, seed: int = 0) -> BootstrapResult:
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], metric: str = "", samples: int = 1000, seed: int = 0
+) -> BootstrapResult:
     """Difference of means B - A with a percentile 95% interval, resampling examples."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.size == 0:

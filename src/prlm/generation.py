@@ -95,7 +95,9 @@ class HFGenerator:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, progress: bool = True, desc: str = "generating") -> list[list[str]]:
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, progress: bool = True, desc: str = "generating"
+    ) -> list[list[str]]:
         import torch
         from tqdm.auto import tqdm
 
@@ -136,7 +138,9 @@ class VLLMGenerator:
 
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, progress: bool = True, desc: str = "generating") -> list[list[str]]:
+    def generate(
+        self, prompts: Sequence[str], params: SamplingParams, progress: bool = True, desc: str = "generating"
+    ) -> list[list[str]]:
         from vllm import SamplingParams as VParams
 
         vparams = VParams(n=params.n, temperature=params.temperature, top_p=params.top_p,

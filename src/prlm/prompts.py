@@ -102,7 +102,8 @@ def _share_budget(task: Task, entries: Sequence[dict], tokenizer, budget: int) -
         long_ids = tokenizer(str(entry[task.long_field]), add_special_tokens=False)["input_ids"]
         kept = long_ids[: max(allowed, 0)]
         carry = allowed - len(kept)
-        text = tokenizer.decode(kept, skip_special_tokens=True) if len(kept) < len(long_ids) else entry[task.long_field]
+        cut = len(kept) < len(long_ids)
+        text = tokenizer.decode(kept, skip_special_tokens=True) if cut else entry[task.long_field]
         rendered.append(task.render_entry(entry, long_text=text))
     return rendered
 

@@ -260,7 +260,8 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
                              f"{summary['selected_on']} | {summary['recipe'] or '-'} | {_wall(summary)} |")
             pairs = [r for r in comparison_rows if (r["data"], r["split"]) == (data, split)]
             if pairs:
-                lines += ["", "| B minus A | metric | A | B | difference | 95% interval |", "|---|---|---|---|---|---|"]
+                lines += ["", "| B minus A | metric | A | B | difference | 95% interval |",
+                          "|---|---|---|---|---|---|"]
                 lines += [f"| {r['b']} - {r['a']} | {r['metric']} | {r['a_score']:.4f} | {r['b_score']:.4f} | "
                           f"{r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] |" for r in pairs]
             lines += ["", "Commands:", ""]

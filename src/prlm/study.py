@@ -11,10 +11,11 @@ that stage (see `StudyRanking`).
 The protocol: every evaluation of a recipe is on `eval_split` (dev, or train),
 where its choices are made; the test split is evaluated only by the explicit
 final step, `prlm run CONFIG --final`, which reuses the trained models and
-writes `out/final-test/` (and, with `results_data`, records under `results/`). Each stage records a fingerprint of its config
-(and of the stages it depends on) in `out/stages/NAME.json` when it finishes;
-a rerun skips every stage whose fingerprint is unchanged, so a crashed study
-resumes where it stopped, and a changed option reruns what depends on it.
+writes `out/final-test/` (and, with `results_data`, records under `results/`).
+Each stage records a fingerprint of its config (and of the stages it depends
+on) in `out/stages/NAME.json` when it finishes; a rerun skips every stage
+whose fingerprint is unchanged, so a crashed study resumes where it stopped,
+and a changed option reruns what depends on it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class StudyConfig:
     rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} "
                          "to reuse one; train.w_pers 0 skips it.",
                    section="prlm.study:RewardModelSection")
-    train: dict = opt(None, "GRPO training options (see `prlm train --help`).", section="prlm.training.config:TrainConfig")
+    train: dict = opt(None, "GRPO training options (see `prlm train --help`).",
+                      section="prlm.training.config:TrainConfig")
 
     def __post_init__(self):
         from prlm.data.lamp import SPLITS

@@ -92,7 +92,7 @@ class RewardTrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise PrlmError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         check_choice("role", self.role, ROLES)
-        self.partition  # validates the shares
+        _ = self.partition  # building the partition validates the two shares
         parse_kind_weights(self.kind_weights)
 
     @property
@@ -232,10 +232,13 @@ class RewardModel:
     def max_length(self) -> int:
         return int(self.config["max_length"])
 
-    def encode(self, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None = None) -> list[list[int]]:
+    def encode(
+        self, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None = None
+    ) -> list[list[int]]:
         if len(inputs) != len(answers) or (contexts is not None and len(contexts) != len(inputs)):
+            with_contexts = f", {len(contexts)} contexts" if contexts is not None else ""
             raise PrlmError(f"score needs as many inputs as answers (and contexts): got {len(inputs)} inputs, "
-                            f"{len(answers)} answers" + (f", {len(contexts)} contexts" if contexts is not None else ""))
+                            f"{len(answers)} answers{with_contexts}")
         if self.context_entries and contexts is None:
             raise PrlmError(f"this reward model was trained with {self.context_entries} profile entries in its "
                             "context: pass the retrieved entries (a 'context' list per input)")
@@ -640,7 +643,9 @@ def _pair_dataset(cfg: RewardTrainConfig, tokenizer, part: Sequence[dict], dropp
                               "rejected_ids": [rejected[i] for i in keep]})
 
 
-def _reward_args(cfg: RewardTrainConfig, work: Path, steps_per_epoch: int, has_val: bool, use_cpu: bool, progress: bool):
+def _reward_args(
+    cfg: RewardTrainConfig, work: Path, steps_per_epoch: int, has_val: bool, use_cpu: bool, progress: bool
+):
     """TRL's options: with validation pairs, evaluate and save every epoch and keep the most accurate."""
     from trl import RewardConfig
 

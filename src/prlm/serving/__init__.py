@@ -2,9 +2,10 @@
 
 Modules: `config` (ServeConfig), `store` (the ProfileStore interface and its
 SQLite implementation), `pgstore` (PostgreSQL), `storage` (`open_store`: the
-store a `--db` value names), `auth` (tokens), `batcher` (generation requests batched across
-users), `engine` (retrieval, prompt, generation and parsing: the evaluation
-code, not copies; per-user retrieval indexes, rebuilt when a profile changes), `metrics`, and the FastAPI application: `app` (create_app,
+store a `--db` value names), `auth` (tokens), `batcher` (generation requests
+batched across users), `engine` (retrieval, prompt, generation and parsing:
+the evaluation code, not copies; per-user retrieval indexes, rebuilt when a
+profile changes), `metrics`, and the FastAPI application: `app` (create_app,
 `prlm serve`) built from `state` (ServerState), `middleware` (pure ASGI),
 `access` (dependencies: state, principal, admin, owner), `schemas` (bodies),
 `errors` (exception handlers) and `routes` (one router an area).

@@ -221,6 +221,8 @@ class Engine:
         for prep, prompt, completion in zip(batch, prompts, completions):
             parsed = parse_completion(completion[0], self.method, prep.task, prefill=prompt.prefill)
             used = prompt.entries_used  # entries that the token budget dropped were not seen by the model
-            retrieved = [{"id": e["id"], "score": round(s, 6)} for e, s in zip(prep.entries[:used], prep.scores[:used])]
-            out.append(Generated(parsed.answer, parsed.reasoning, completion[0], retrieved, prompt.num_tokens, prompt_ms))
+            retrieved = [{"id": e["id"], "score": round(s, 6)}
+                         for e, s in zip(prep.entries[:used], prep.scores[:used])]
+            out.append(Generated(parsed.answer, parsed.reasoning, completion[0], retrieved, prompt.num_tokens,
+                                 prompt_ms))
         return out

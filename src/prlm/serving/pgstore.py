@@ -83,8 +83,8 @@ class PostgresProfileStore(ProfileStore):
         try:
             conn = self.psycopg.connect(self.url, autocommit=False, connect_timeout=self.connect_timeout_s)
         except self.psycopg.Error as err:
-            raise StoreUnavailable(f"database unavailable: cannot connect to {self.describe()}: "
-                                   f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StoreUnavailable(f"database unavailable: cannot connect to {self.describe()}: {cause}") from None
         self._local.conn = conn
         with self._lock:
             self._all.append(conn)

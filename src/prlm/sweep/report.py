@@ -453,7 +453,8 @@ def render_markdown(cfg: SweepConfig, results: list[Result], plots: list[Path], 
             continue
         cells = [f"{v.mean:.4f} [{v.low:.4f}, {v.high:.4f}]" if v else "-" for v in values]
         pair = pair_of.get((ret, k))
-        lines.append(f"| {ret} | {k} | " + " | ".join(cells) + f" | {_ci(pair) + ' ' + verdict(pair) if pair else '-'} |")
+        interval = _ci(pair) + " " + verdict(pair) if pair else "-"
+        lines.append(f"| {ret} | {k} | " + " | ".join(cells) + f" | {interval} |")
     if ("no-profile", "none", 0) in table:
         base = table[("no-profile", "none", 0)]
         lines += ["", f"no-profile (no retrieval): {base.mean:.4f} [{base.low:.4f}, {base.high:.4f}]."]

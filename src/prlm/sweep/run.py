@@ -91,9 +91,10 @@ def build_sweep_stages(cfg: SweepConfig) -> list[Stage]:
         opts = eval_options(cfg, cell)
         EvalConfig(**opts)  # validate every cell before the first one runs
         deps = ["data"] + ([f"retrieval-{cell.retriever}"] if cell.k else [])
-        if cell.method == "sft" and cfg.sft is not None:
-            deps.append("train-sft")
-        stage_config = {**opts, "model_stamp": None if cell.method == "sft" and cfg.sft is not None else model_stamp(cell.model)}
+        trained_here = cell.method == "sft" and cfg.sft is not None
+        if trained_here:
+            deps.append("train-sft")  # the model is made by that stage: its fingerprint stands for the weights
+        stage_config = {**opts, "model_stamp": None if trained_here else model_stamp(cell.model)}
         stages.append(Stage(f"eval-{cell.method}-{cell.retriever}-k{cell.k}", stage_config,
                             lambda cell=cell, opts=opts: _evaluate(cfg, cell, opts, slot), deps=deps))
     return stages
