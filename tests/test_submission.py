@@ -152,7 +152,7 @@ def test_train_inputs_are_checked_before_the_model_loads(tmp_path, capsys):
     assert "does not exist" in err and "cannot load model" not in err
     assert main(base + ["--data", str(data), "--reward-model", str(tmp_path / "no-rm")]) == 2
     err = capsys.readouterr().err
-    assert "is not a checkpoint" in err and "cannot load model" not in err
+    assert "is not a reward model checkpoint" in err and "cannot load model" not in err
     assert main(["sft", "--task", "LaMP-4", "--model", NO_MODEL, "--out", str(tmp_path / "sft"),
                  "--data", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_missing_reward_model_is_reported(tiny_data, tmp_path):
     from prlm.training.grpo import reward_functions
 
     cfg = TrainConfig(data=tiny_data, out=str(tmp_path), reward_model=str(tmp_path / "nope"))
-    with pytest.raises(PrlmError, match="not a checkpoint"):
+    with pytest.raises(PrlmError, match="is not a reward model checkpoint .* or pass --w-pers 0"):
         reward_functions(cfg)
 
 
@@ -339,9 +339,12 @@ def test_a_context_reward_model_gets_each_users_past_outputs(tiny_data, tmp_path
     from prlm.data import load_split
     from prlm.training.grpo import reward_context_column
 
+    from prlm.reward.model import RM_FORMAT
+
     rm = tmp_path / "rm"
     rm.mkdir()
-    (rm / "prlm_rm_config.json").write_text(json.dumps({"context_entries": 2}))
+    saved = {"format": RM_FORMAT, "backbone": "minilm", "max_length": 128, "model_type": "bert"}
+    (rm / "prlm_rm_config.json").write_text(json.dumps({**saved, "context_entries": 2}))
     cfg = TrainConfig(task="synthetic", data=tiny_data, out=str(tmp_path / "o"), w_pers=0.1, reward_model=str(rm),
                       report_to="none")
     examples = load_split(tiny_data, "train", "synthetic").examples
@@ -350,7 +353,7 @@ def test_a_context_reward_model_gets_each_users_past_outputs(tiny_data, tmp_path
     for ex, context in zip(examples, contexts):
         own_outputs = {e["title"] for e in ex.profile}
         assert 0 < len(context) <= 2 and set(context) <= own_outputs  # only this user's past outputs
-    (rm / "prlm_rm_config.json").write_text(json.dumps({"context_entries": 0}))
+    (rm / "prlm_rm_config.json").write_text(json.dumps({**saved, "context_entries": 0}))
     assert reward_context_column(cfg, examples) is None
     assert reward_context_column(TrainConfig(task="synthetic", data=tiny_data, out="o", w_pers=0.0,
                                              report_to="none"), examples) is None

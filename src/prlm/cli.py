@@ -107,9 +107,10 @@ def _cmd_train(args) -> None:
 
     cfg = config_from_args(TrainConfig, args)
     _check_inputs_before_loading(cfg)
-    if cfg.w_pers and not (Path(cfg.reward_model) / "prlm_rm_config.json").is_file():
-        raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
-                        "train one with `prlm rm train`, or pass --w-pers 0")
+    if cfg.w_pers:
+        from prlm.training.grpo import reward_model_config
+
+        reward_model_config(cfg)  # a wrong --reward-model fails now, not after the model has loaded
     final = train_grpo(cfg)
     print(f"trained policy saved to {final}/")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import time
 from pathlib import Path
@@ -63,16 +62,23 @@ def training_rows(cfg: TrainConfig, tokenizer, retriever=None) -> list[dict]:
     return rows
 
 
+def reward_model_config(cfg: TrainConfig) -> dict:
+    """The personalization reward model's saved config (`prlm_rm_config.json`), read before any model loads,
+    so a wrong path fails in a second rather than after the warm-up."""
+    from prlm.reward.model import read_rm_config
+
+    try:
+        return read_rm_config(cfg.reward_model)
+    except PrlmError as err:
+        raise PrlmError(f"reward model: {err}, or pass --w-pers 0 to train without the personalization term") from None
+
+
 def reward_context_column(cfg: TrainConfig, examples) -> list[list[str]] | None:
     """The user's past outputs that a context reward model reads beside each answer (its 'context'
     column), built as its training pairs were; None when the personalization term needs none."""
     if not cfg.w_pers:
         return None
-    rm_config = Path(cfg.reward_model) / "prlm_rm_config.json"
-    if not rm_config.is_file():
-        raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
-                        "train one with `prlm rm train`, or pass --w-pers 0")
-    entries = int(json.loads(rm_config.read_text(encoding="utf-8")).get("context_entries", 0))
+    entries = int(reward_model_config(cfg).get("context_entries", 0))
     if not entries:
         return None
     from prlm.reward.style_pairs import reward_contexts
@@ -93,6 +99,11 @@ def split_questions(cfg: TrainConfig, rows: list[dict]) -> tuple[list[dict], lis
 
 
 def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
+    """PrLM's reward terms and their weights, as TRL takes them (`reward_funcs`, `GRPOConfig.reward_weights`).
+
+    TRL sums the weighted terms into one reward per completion and normalizes it within each prompt's group
+    (the advantage); it also logs every term on its own, which is how the step log shows each one. The
+    personalization term is left out entirely at w_pers = 0, so no reward model is loaded."""
     from prlm.reward.accuracy import AccuracyReward
     from prlm.reward.format import FormatReward
 
@@ -101,9 +112,7 @@ def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
     if cfg.w_pers:
         from prlm.reward.personalization import PersonalizationReward
 
-        if not (Path(cfg.reward_model) / "prlm_rm_config.json").is_file():
-            raise PrlmError(f"reward model '{cfg.reward_model}' is not a checkpoint (no prlm_rm_config.json); "
-                            "train one with `prlm rm train`, or pass --w-pers 0")
+        reward_model_config(cfg)
         funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device))
         weights.append(cfg.w_pers)
     return funcs, weights
@@ -120,6 +129,7 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
     return dict(
         output_dir=str(Path(cfg.out) / "checkpoints"),
         max_steps=cfg.max_steps,
+        # TRL's batch counts completions, not prompts: each step samples G completions of prompts_per_step prompts.
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         gradient_accumulation_steps=1,
         num_generations=cfg.num_generations,
@@ -128,7 +138,7 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
         top_p=cfg.top_p,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # transformers reads a value below 1 as a share of max_steps
         beta=cfg.beta,
         epsilon=cfg.epsilon,
         loss_type=cfg.loss_type,
@@ -144,7 +154,7 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
         vllm_mode=cfg.vllm_mode,
         gradient_checkpointing=cfg.gradient_checkpointing,
         report_to=[r for r in cfg.report_to.split(",") if r and r != "none"],
-        remove_unused_columns=False,
+        remove_unused_columns=False,  # the rewards read the dataset's extra columns (gold, input, context)
         dataloader_num_workers=0,
     )
 
