@@ -14,7 +14,7 @@ class AccuracyReward:
     authors' code) of the answer extracted from each completion against the
     `gold` column; `normalize` divides by the number of metrics (range 0..1)."""
 
-    __name__ = "accuracy"
+    __name__ = "accuracy"  # TRL logs each term under its function's __name__
 
     def __init__(self, metrics: Sequence[str] = ROUGE_KEYS, method: str = REASONING_METHOD,
                  prefill: str = THINK_PREFILL, normalize: bool = False):
@@ -28,7 +28,7 @@ class AccuracyReward:
         rewards = []
         for completion, reference in zip(completions, gold):
             answer = parse_completion(last_message_text(completion), self.method, prefill=self.prefill).answer
-            if not answer:
+            if not answer:  # no answer section (or an empty one): nothing to score, the lowest reward
                 rewards.append(0.0)
                 continue
             scores = rouge(answer, reference)
