@@ -9,8 +9,8 @@ class FormatReward:
     """1.0 for a completion in the reasoning format, else 0.0 (TRL's reward signature).
 
     The completion TRL passes starts after the prompt, and so after the `<think>` pre-fill the prompt ends
-    with: the check is told the pre-fill so that it reads the reply as the model wrote it. It is a small
-    term (w_fmt 0.1 in the recipes): enough to break ties toward the format, too small to outweigh accuracy.
+    with: the check is told the pre-fill so that it reads the reply as the model wrote it. The recipes weight
+    it 0.1 against accuracy's 1.0, as the authors' code does.
     """
 
     __name__ = "format"  # TRL names each term's logged mean after the function's __name__
