@@ -23,7 +23,8 @@ class BenchError(RuntimeError):
     """A benchmark cannot run (missing data, bad option): one line for the user."""
 
 
-def time_runs(work: Callable[[], object], repeats: int, setup: Callable[[], object] | None = None) -> tuple[list[float], object]:
+def time_runs(work: Callable[[], object], repeats: int,
+              setup: Callable[[], object] | None = None) -> tuple[list[float], object]:
     """Wall-clock seconds of `repeats` calls of `work` (or of `work(setup())`), and the last result.
 
     `setup` runs before each timed call, untimed: e.g. a fresh retriever, so

@@ -121,7 +121,8 @@ def evaluation_comparison(model, tokenizer, prompts, sizes: dict, repeats: int,
                           name: str = "evaluation generation, greedy") -> dict:
     n, new = len(prompts), sizes["max_new_tokens"]
     base_times, base_out = time_runs(lambda: one_at_a_time(model, tokenizer, prompts, new), repeats)
-    cand_times, cand_out = time_runs(lambda: batched(model, tokenizer, prompts, new, sizes["eval_batch_size"]), repeats)
+    cand_times, cand_out = time_runs(lambda: batched(model, tokenizer, prompts, new, sizes["eval_batch_size"]),
+                                     repeats)
     base_tokens, cand_tokens = output_tokens(tokenizer, base_out), output_tokens(tokenizer, cand_out)
     baseline = with_tokens(measurement("model.generate, one example at a time (LaMP)", base_times, n, "examples/s"),
                            base_tokens)

@@ -40,8 +40,8 @@ from bench.common import (
 
 SIDES = {"stock-trl": dict(rollout="trl", prefix_sharing="off"),
          "prlm": dict(rollout="shared-prefix", prefix_sharing="on")}
-FULL = {"grpo_policy": "smollm2-135m", "grpo_device": "cpu", "grpo_steps": 4, "grpo_prompts": 2, "grpo_group": 4, "grpo_completion_tokens": 96,
-        "grpo_prompt_tokens": 512, "grpo_beta": 0.0}
+FULL = {"grpo_policy": "smollm2-135m", "grpo_device": "cpu", "grpo_steps": 4, "grpo_prompts": 2, "grpo_group": 4,
+        "grpo_completion_tokens": 96, "grpo_prompt_tokens": 512, "grpo_beta": 0.0}
 QUICK = {**FULL, "grpo_steps": 2, "grpo_completion_tokens": 16, "grpo_prompt_tokens": 256}
 HELP = {"grpo_policy": "policy: 'smollm2-135m' (embedded), a local folder or a Hugging Face id",
         "grpo_device": "cpu (fp32) or cuda (bf16 autocast, as the GPU recipe)",
@@ -139,7 +139,8 @@ def profile_parts(sizes: dict, data: str, repeats: int) -> dict:
 
     def stock_pass():
         with autocast:
-            model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -new:].sum().backward()
+            model(input_ids=ids, attention_mask=mask, labels=labels,
+                  fused_lm_head=True).log_probs[:, -new:].sum().backward()
 
     def shared_pass():
         with autocast:

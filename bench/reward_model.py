@@ -40,7 +40,8 @@ def untrained_reward_model(max_length: int):
     path = resolve_encoder_path("minilm")
     set_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    config = {"backbone": "minilm", "max_length": max_length, "context_entries": 0, "model_type": model.config.model_type}
+    config = {"backbone": "minilm", "max_length": max_length, "context_entries": 0,
+              "model_type": model.config.model_type}
     return RewardModel(model, AutoTokenizer.from_pretrained(path), config, device="cpu")
 
 

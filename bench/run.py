@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             results[name] = {"title": name, "error": f"{type(err).__name__}: {err}"}
             failed.append(name)
-    report = {"quick": args.quick, "machine": machine(), "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
-              "sections": results}
+    report = {"quick": args.quick, "machine": machine(),
+              "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]), "sections": results}
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / ("runs/bench-quick" if args.quick else "docs")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmarks.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -102,7 +102,8 @@ def test_tensorboard_logging_without_the_extra_is_refused(monkeypatch, tmp_path)
     from prlm.training.config import TrainConfig
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
     data = write_lamp(tmp_path / "data", split="train")
     with pytest.raises(PrlmError, match="report_to: none"):
         TrainConfig(task="LaMP-4", data=str(data), out=str(tmp_path / "o"), w_pers=0.0)

@@ -32,7 +32,8 @@ def _run(folder: Path, split: str, scores: list[float], method: str = "rag") -> 
             del row["format_ok"]
     summary = {"name": folder.name, "task": "commit-subject", "data": "d", "split": split, "n": len(rows),
                "metrics": {k: sum(r["metrics"][k] for r in rows) / len(rows) for k in ("rouge1", "rouge2", "rougeL")},
-               "config": {"method": method, "retriever": "bm25", "k": 4}, "environment": {"torch_threads": 2}, "wall_time_s": 12.0,
+               "config": {"method": method, "retriever": "bm25", "k": 4}, "environment": {"torch_threads": 2},
+               "wall_time_s": 12.0,
                **({"format_rate": 1.0} if method == "prlm" else {})}
     write_run(folder, rows, summary, "commit-subject")
     return folder
@@ -40,7 +41,8 @@ def _run(folder: Path, split: str, scores: list[float], method: str = "rag") -> 
 
 def _records(tmp_path) -> Path:
     root = tmp_path / "results"
-    add_record(_run(tmp_path / "rag", "test", [0.1, 0.2, 0.1, 0.0]), root, "ds", "rag", "fixed in advance", "prlm eval x")
+    add_record(_run(tmp_path / "rag", "test", [0.1, 0.2, 0.1, 0.0]), root, "ds", "rag", "fixed in advance",
+               "prlm eval x")
     add_record(_run(tmp_path / "prlm", "test", [0.5, 0.4, 0.6, 0.3], "prlm"), root, "ds", "prlm", "dev", "prlm run y")
     return root
 

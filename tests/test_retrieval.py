@@ -67,7 +67,10 @@ def test_recency_returns_newest_first_and_rejects_bad_dates():
 
 def test_random_is_seeded():
     profile = _profile()
-    ids = lambda seed: [e["id"] for e in make_retriever("random", TASK, seed=seed)("q", profile, 4)[0]]
+
+    def ids(seed):
+        return [e["id"] for e in make_retriever("random", TASK, seed=seed)("q", profile, 4)[0]]
+
     assert ids(0) == ids(0)
     assert any(ids(0) != ids(s) for s in range(1, 6))
 
@@ -91,8 +94,10 @@ def test_bm25s_ranks_the_obvious_entry_first():
 @pytest.mark.slow
 def test_dense_with_embedded_encoder_prefers_related_entry():
     profile = [
-        {"id": "a", "title": "Stocks fall", "text": "Shares dropped on the stock exchange today.", "date": "2020-01-01"},
-        {"id": "b", "title": "Cup final", "text": "The football team won the championship match.", "date": "2020-01-02"},
+        {"id": "a", "title": "Stocks fall", "text": "Shares dropped on the stock exchange today.",
+         "date": "2020-01-01"},
+        {"id": "b", "title": "Cup final", "text": "The football team won the championship match.",
+         "date": "2020-01-02"},
     ]
     retriever = make_retriever("dense", TASK)
     entries, scores = retriever("The soccer club celebrated its title win.", profile, 2)
@@ -129,7 +134,8 @@ def test_okapi_scores_of_empty_and_unmatched_collections():
 
 @pytest.mark.slow
 def test_bm25_equals_rank_bm25_bit_for_bit_on_every_split():
-    """Every question of git-commit-subject: the same scores to the last bit, so the same top-k under the same tie rule."""
+    """Every question of git-commit-subject: the same scores to the last bit, so the same top-k under the
+    same tie rule."""
     task = get_task("commit-subject")
     retriever = make_retriever("bm25", task)
     for split in ("train", "dev", "test"):

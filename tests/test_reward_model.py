@@ -162,7 +162,8 @@ def test_pairwise_metrics_and_bootstrap_interval():
     assert m["margin_ci"][0] <= 0.75 <= m["margin_ci"][1]
     assert m["ties"] == 0 and m["lower_or_keep"] == 0.75
     tied = pairwise_metrics([1.0, 2.0, 0.5], [1.0, 1.0, 1.0], samples=50)
-    assert tied["accuracy"] == pytest.approx(1 / 3) and tied["ties"] == 1 and tied["lower_or_keep"] == pytest.approx(2 / 3)
+    assert (tied["accuracy"] == pytest.approx(1 / 3) and tied["ties"] == 1
+            and tied["lower_or_keep"] == pytest.approx(2 / 3))
 
 
 # --- training, save and load ---------------------------------------------------
@@ -225,10 +226,11 @@ def test_batching_does_not_change_scores(trained):
 def test_pairs_that_encode_the_same_are_not_trained_on(tmp_path, tiny_backbone):
     """The embedded MiniLM tokenizer is uncased: a case flip is no change to it, so such pairs are dropped."""
     rows = signal_pairs(n_users=20, per_user=1)
-    rows += [{**r, "pair_id": r["pair_id"] + "-case", "kind": "casing", "chosen": "mingw: fix", "rejected": "Mingw: fix"}
+    rows += [{**r, "pair_id": r["pair_id"] + "-case", "kind": "casing", "chosen": "mingw: fix",
+              "rejected": "Mingw: fix"}
              for r in rows]
-    cfg = RewardTrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"), backbone=tiny_backbone,
-                      max_length=32, batch_size=8, epochs=1, device="cpu")
+    cfg = RewardTrainConfig(pairs=write_pairs(tmp_path / "p.jsonl", rows), out=str(tmp_path / "rm"),
+                            backbone=tiny_backbone, max_length=32, batch_size=8, epochs=1, device="cpu")
     result = train_reward_model(cfg, progress=False)
     parts = split_by_user(rows, cfg.partition)
     casing = sum(r["kind"] == "casing" for r in parts["train"] + parts["validation"])
@@ -306,7 +308,8 @@ def test_weights_missing_the_head_are_a_clear_error(tmp_path):
 def test_rm_commands_have_help(capsys):
     for argv, flags in ((["rm", "--help"], ["pairs", "train", "eval", "score"]),
                         (["rm", "pairs", "--help"], ["--kinds", "--chunk-size", "--config", "--no-profile-run"]),
-                        (["rm", "train", "--help"], ["--backbone", "--max-length", "--context-entries", "--val-fraction"]),
+                        (["rm", "train", "--help"],
+                         ["--backbone", "--max-length", "--context-entries", "--val-fraction"]),
                         (["rm", "eval", "--help"], ["--pairs", "--samples"]),
                         (["rm", "score", "--help"], ["--input", "--answer", "--file", "--penalty"])):
         with pytest.raises(SystemExit) as exit_info:
@@ -321,7 +324,8 @@ def test_train_config_from_yaml_and_flags(tmp_path):
 
     from prlm.options import config_from_args
 
-    (tmp_path / "rm.yaml").write_text(yaml.safe_dump({"pairs": "p.jsonl", "out": "o", "learning_rate": 1e-4, "epochs": 2}))
+    (tmp_path / "rm.yaml").write_text(yaml.safe_dump({"pairs": "p.jsonl", "out": "o", "learning_rate": 1e-4,
+                                                      "epochs": 2}))
     args = build_parser().parse_args(["rm", "train", "--config", str(tmp_path / "rm.yaml"), "--epochs", "1"])
     cfg = config_from_args(RewardTrainConfig, args)
     assert (cfg.pairs, cfg.learning_rate, cfg.epochs, cfg.batch_size) == ("p.jsonl", 1e-4, 1.0, 64)

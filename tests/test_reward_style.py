@@ -84,7 +84,8 @@ def test_form_perturbations():
     assert pre.endswith("mingw: fix") and pre != "mingw: fix"
     assert with_sign_off("mingw: fix", "q1", "eval").startswith("mingw: fix ")
     # the measured wordings are never trained on
-    assert not set(PREAMBLES["train"]) & set(PREAMBLES["eval"]) and not set(SIGN_OFFS["train"]) & set(SIGN_OFFS["eval"])
+    assert (not set(PREAMBLES["train"]) & set(PREAMBLES["eval"])
+            and not set(SIGN_OFFS["train"]) & set(SIGN_OFFS["eval"]))
 
 
 # --- style pairs ---------------------------------------------------------------------
@@ -258,7 +259,8 @@ def test_rm_judge_cli_on_a_run_folder(commit_data, tmp_path, capsys):
     preds = [{"id": "q0-0", "user_id": "u0", "answer": "mingw: rework it", "gold": "mingw: rework parser crash"},
              {"id": "q1-0", "user_id": "u1", "answer": "Rework the handling of things", "gold": "t0014: rework x"}]
     (run / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
-    assert main(["rm", "judge", "--run", str(run), "--data", str(commit_data), "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert main(["rm", "judge", "--run", str(run), "--data", str(commit_data),
+                 "--out", str(tmp_path / "s.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n"] == 2 and summary["prefix_match"] == 0.5 and summary["case_match"] == 0.5
     path = make_tiny_rm(tmp_path / "judge", context_entries=2)
@@ -292,7 +294,8 @@ def test_paper_pairs_from_two_runs_and_own_vs_no_profile(commit_data, tmp_path):
     assert rows[0]["input"].startswith(PREFIX) and len(rows[0]["context"]) == 2
     summary = pairs_from_runs("gold", plain, str(commit_data), tmp_path / "g.jsonl", k=2)
     rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
-    assert summary["kind"] == "own-vs-no-profile" and rows[0]["chosen"] == "mingw: rework parser crash handling, step 0"
+    assert (summary["kind"] == "own-vs-no-profile"
+            and rows[0]["chosen"] == "mingw: rework parser crash handling, step 0")
 
 
 def test_context_checks_give_each_pair_another_users_context():

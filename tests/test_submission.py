@@ -52,7 +52,8 @@ def test_predict_only_writes_a_lamp4_submission_lamps_evaluator_scores(tmp_path,
     shutil.copy(full / "dev_questions.json", public / "dev_questions.json")
     out = tmp_path / "submission"
     argv = ["eval", "--task", "LaMP-4", "--data", str(public), "--split", "dev", "--method", "rag", "--k", "2",
-            "--model", tiny_llama_dir, "--max-new-tokens", "4", "--backend", "hf", "--device", "cpu", "--out", str(out)]
+            "--model", tiny_llama_dir, "--max-new-tokens", "4", "--backend", "hf", "--device", "cpu",
+            "--out", str(out)]
     assert main(argv) == 2  # without golds, evaluation says how to get a submission
     assert "--predict-only" in capsys.readouterr().err
     assert main(argv + ["--predict-only"]) == 0

@@ -205,7 +205,8 @@ def test_ablation_recipes_remove_one_reward_term(tmp_path):
         assert all(getattr(cfg, key) == value for key, value in study.items()
                    if key not in (removed, "sft_steps", "sft_batch_size"))
     sweep = load_sweep_config(str(REPO / "configs" / "sweep-commit-subject.yaml"))
-    assert set(sweep.extra_models.values()) == {"runs/commit-subject-no-pers/final", "runs/commit-subject-no-acc/final"}
+    assert set(sweep.extra_models.values()) == {"runs/commit-subject-no-pers/final",
+                                                "runs/commit-subject-no-acc/final"}
 
 
 def test_two_sweeps_report_into_one_file(tmp_path, tiny_data):

@@ -41,7 +41,8 @@ def _article(rng: random.Random) -> str:
 
 def _entry(rng: random.Random, entry_id: str) -> dict:
     w = rng.choice(WORDS)
-    return {"id": entry_id, "text": _article(rng), "title": f"{w.title()} news {entry_id}", "date": "2024-03-0" + str(rng.randint(1, 9))}
+    return {"id": entry_id, "text": _article(rng), "title": f"{w.title()} news {entry_id}",
+            "date": "2024-03-0" + str(rng.randint(1, 9))}
 
 
 def run_load_test(url: str, admin_token: str, clients: int = 4, duration: float = 30.0, max_requests: int = 1000,
@@ -85,9 +86,11 @@ def run_load_test(url: str, admin_token: str, clients: int = 4, duration: float 
                 if write:
                     entry_id = f"c{i}-{n}"
                     n += 1
-                    status, reply = client.request("POST", f"/v1/users/{user}/entries", {"task": task, "entries": [_entry(rng, entry_id)]})
+                    status, reply = client.request("POST", f"/v1/users/{user}/entries",
+                                                   {"task": task, "entries": [_entry(rng, entry_id)]})
                 else:
-                    status, reply = client.request("POST", f"/v1/users/{user}/generate", {"task": task, "input": _article(rng), "k": k})
+                    status, reply = client.request("POST", f"/v1/users/{user}/generate",
+                                                   {"task": task, "input": _article(rng), "k": k})
             except (OSError, http.client.HTTPException) as err:
                 with lock:
                     errors.append(f"{type(err).__name__}: {err}")
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     if args.markdown:
         print(markdown_rows(report))
-    return 0 if report["all"]["5xx"] == 0 and report["lost_writes"] == 0 and report["all"]["connection_errors"] == 0 else 1
+    clean = report["all"]["5xx"] == 0 and report["lost_writes"] == 0 and report["all"]["connection_errors"] == 0
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ ids = torch.cat([enc["input_ids"].repeat_interleave(4, 0), torch.randint(10, 900
 mask = torch.cat([enc["attention_mask"].repeat_interleave(4, 0), torch.ones(8, 48, dtype=torch.long)], 1).cuda()
 mask[1, -10:] = 0
 w = torch.randn(8, 48, generator=g).cuda()
-labels = ids.masked_fill(mask == 0, -100); labels[:, :-48] = -100
+labels = ids.masked_fill(mask == 0, -100)
+labels[:, :-48] = -100
 for dtype in (None, torch.bfloat16):
     ctx = torch.autocast("cuda", dtype=dtype) if dtype else torch.autocast("cuda", enabled=False)
     model.zero_grad()

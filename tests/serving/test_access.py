@@ -50,7 +50,8 @@ def test_another_users_id_is_403_and_never_leaks(two_users):
         r = client.request(method, path, headers=alice, json=body)
         assert r.status_code < 500
         bodies.append(r.text)
-    r = client.post("/v1/users/alice/generate", headers=alice, json={"task": TASK, "input": f"{SECRET_B} harbor", "k": 8})
+    r = client.post("/v1/users/alice/generate", headers=alice,
+                    json={"task": TASK, "input": f"{SECRET_B} harbor", "k": 8})
     assert r.status_code == 200 and {h["id"] for h in r.json()["retrieved"]} <= {"a1", "x1"}
     assert SECRET_B not in r.json()["reasoning"] + r.json()["answer"] + json.dumps(r.json()["retrieved"])
     bodies.append(client.get("/metrics").text)
@@ -68,10 +69,12 @@ def test_admin_token_does_not_reach_profiles(two_users):
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic YWxpY2U6eA=="},
-                                     {"Authorization": "Bearer not-a-token"}, {"Authorization": "bearer prlm_u_forged"}])
+                                     {"Authorization": "Bearer not-a-token"},
+                                     {"Authorization": "bearer prlm_u_forged"}])
 def test_missing_or_unknown_token_is_401(two_users, headers):
     client, _, _ = two_users
-    for method, path, body in _requests_on("bob") + [("POST", "/v1/users", {"user_id": "eve"}), ("GET", "/v1/me", None)]:
+    for method, path, body in _requests_on("bob") + [("POST", "/v1/users", {"user_id": "eve"}),
+                                                     ("GET", "/v1/me", None)]:
         r = client.request(method, path, headers=headers, json=body)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         assert SECRET_B not in r.text
@@ -94,33 +97,50 @@ def test_limits_are_clear_4xx(two_users):
         # (what, method path, body, expected status, words in detail)
         ("malformed JSON", add, b'{"task": "synthetic", "entries": [', 400, "malformed JSON"),
         ("JSON of the wrong shape", add, b'[1, 2, 3]', 422, ""),
-        ("body over the limit", add, json.dumps({"task": TASK, "entries": [entry("big", "t", "x" * 5000)]}).encode(), 413, "4096"),
-        ("entry field too long", add, json.dumps({"task": TASK, "entries": [entry("e", "t", "x" * 201)]}).encode(), 422, "200"),
-        ("too many entries in one request", add, json.dumps({"task": TASK, "entries": [entry(f"e{i}", "t", "x") for i in range(4)]}).encode(), 422, "at most 3"),
-        ("unknown task", add, json.dumps({"task": "LaMP-99", "entries": [entry("e", "t", "x")]}).encode(), 422, "unknown task"),
-        ("unknown entry field", add, json.dumps({"task": TASK, "entries": [{**entry("e", "t", "x"), "mood": "sad"}]}).encode(), 422, "unknown field(s) mood"),
-        ("missing entry field", add, json.dumps({"task": TASK, "entries": [{"id": "e", "text": "x", "date": "2024-01-01"}]}).encode(), 422, "missing field(s) title"),
-        ("non-string field", add, json.dumps({"task": TASK, "entries": [{**entry("e", "t", "x"), "title": 5}]}).encode(), 422, "must be a string"),
-        ("bad date", add, json.dumps({"task": TASK, "entries": [entry("e", "t", "x", date="2024-13-45")]}).encode(), 422, "YYYY-MM-DD"),
+        ("body over the limit", add, json.dumps({"task": TASK, "entries": [entry("big", "t", "x" * 5000)]}).encode(),
+         413, "4096"),
+        ("entry field too long", add, json.dumps({"task": TASK, "entries": [entry("e", "t", "x" * 201)]}).encode(),
+         422, "200"),
+        ("too many entries in one request", add,
+         json.dumps({"task": TASK, "entries": [entry(f"e{i}", "t", "x") for i in range(4)]}).encode(),
+         422, "at most 3"),
+        ("unknown task", add, json.dumps({"task": "LaMP-99", "entries": [entry("e", "t", "x")]}).encode(),
+         422, "unknown task"),
+        ("unknown entry field", add,
+         json.dumps({"task": TASK, "entries": [{**entry("e", "t", "x"), "mood": "sad"}]}).encode(),
+         422, "unknown field(s) mood"),
+        ("missing entry field", add,
+         json.dumps({"task": TASK, "entries": [{"id": "e", "text": "x", "date": "2024-01-01"}]}).encode(),
+         422, "missing field(s) title"),
+        ("non-string field", add,
+         json.dumps({"task": TASK, "entries": [{**entry("e", "t", "x"), "title": 5}]}).encode(),
+         422, "must be a string"),
+        ("bad date", add, json.dumps({"task": TASK, "entries": [entry("e", "t", "x", date="2024-13-45")]}).encode(),
+         422, "YYYY-MM-DD"),
         ("bad entry id", add, json.dumps({"task": TASK, "entries": [entry("../x", "t", "x")]}).encode(), 422, "id"),
         ("no entries", add, json.dumps({"task": TASK, "entries": []}).encode(), 422, ""),
-        ("unknown top-level field", add, json.dumps({"task": TASK, "entries": [entry("e", "t", "x")], "admin": True}).encode(), 422, "admin"),
+        ("unknown top-level field", add,
+         json.dumps({"task": TASK, "entries": [entry("e", "t", "x")], "admin": True}).encode(), 422, "admin"),
         ("input too long", gen, json.dumps({"task": TASK, "input": "x" * 301}).encode(), 422, "300"),
         ("empty input", gen, json.dumps({"task": TASK, "input": ""}).encode(), 422, "input"),
         ("k over the limit", gen, json.dumps({"task": TASK, "input": "x", "k": 9}).encode(), 422, "0..8"),
         ("negative k", gen, json.dumps({"task": TASK, "input": "x", "k": -1}).encode(), 422, "0..8"),
         ("k not a number", gen, json.dumps({"task": TASK, "input": "x", "k": "many"}).encode(), 422, "k"),
-        ("unknown retriever", gen, json.dumps({"task": TASK, "input": "x", "retriever": "magic"}).encode(), 422, "magic"),
+        ("unknown retriever", gen, json.dumps({"task": TASK, "input": "x", "retriever": "magic"}).encode(),
+         422, "magic"),
         ("unknown task in generate", gen, json.dumps({"task": "nope", "input": "x"}).encode(), 422, "unknown task"),
-        ("unknown field in generate", gen, json.dumps({"task": TASK, "input": "x", "temperature": 2}).encode(), 422, "temperature"),
+        ("unknown field in generate", gen, json.dumps({"task": TASK, "input": "x", "temperature": 2}).encode(),
+         422, "temperature"),
     ]
     for what, path, raw, status, words in cases:
         r = _post(client, path, alice, raw)
         assert r.status_code == status, (what, r.status_code, r.text)
         assert words in r.json()["detail"], (what, r.json())
     # Entries per user: alice has 1 of 5; 3 more fit, then the next is refused.
-    assert _post(client, add, alice, json.dumps({"task": TASK, "entries": [entry(f"f{i}", "t", "x") for i in range(3)]}).encode()).status_code == 201
-    r = _post(client, add, alice, json.dumps({"task": TASK, "entries": [entry("g1", "t", "x"), entry("g2", "t", "x")]}).encode())
+    three = json.dumps({"task": TASK, "entries": [entry(f"f{i}", "t", "x") for i in range(3)]}).encode()
+    assert _post(client, add, alice, three).status_code == 201
+    r = _post(client, add, alice,
+              json.dumps({"task": TASK, "entries": [entry("g1", "t", "x"), entry("g2", "t", "x")]}).encode())
     assert r.status_code == 409 and "at most 5" in r.json()["detail"]
     assert len(client.get("/v1/users/alice/entries", headers=alice).json()["entries"]) == 4  # nothing half-written
 
@@ -128,9 +148,11 @@ def test_limits_are_clear_4xx(two_users):
 def test_odd_text_is_4xx_or_kept_exactly(two_users):
     client, alice, _ = two_users
     add = "/v1/users/alice/entries"
-    surrogate = b'{"task": "synthetic", "entries": [{"id": "s", "title": "\\ud800", "text": "t", "date": "2024-01-01"}]}'
+    surrogate = (b'{"task": "synthetic", "entries": '
+                 b'[{"id": "s", "title": "\\ud800", "text": "t", "date": "2024-01-01"}]}')
     assert _post(client, add, alice, surrogate).status_code == 422
-    surrogate_task = b'{"task": "synthetic\\ud800", "entries": [{"id": "s", "title": "x", "text": "t", "date": "2024-01-01"}]}'
+    surrogate_task = (b'{"task": "synthetic\\ud800", "entries": '
+                      b'[{"id": "s", "title": "x", "text": "t", "date": "2024-01-01"}]}')
     r = _post(client, add, alice, surrogate_task)
     assert r.status_code == 422 and "unknown task" in r.json()["detail"]
     surrogate_input = b'{"task": "synthetic", "input": "\\udfff"}'
@@ -170,8 +192,10 @@ def test_bad_path_values_are_4xx(two_users):
 def test_garbage_bodies_never_give_5xx(two_users):
     client, alice, _ = two_users
     rng = random.Random(0)
-    pieces = [b"{", b"}", b"[", b"]", b'"task"', b'"entries"', b":", b",", b"null", b"1e999", b'"\\ud800"', b"\xff\xfe",
-              b'{"task": "synthetic", "entries": [{"id": "q", "title": "\\udbff", "text": "t", "date": "2024-01-01"}]}',
+    pieces = [b"{", b"}", b"[", b"]", b'"task"', b'"entries"', b":", b",", b"null", b"1e999", b'"\\ud800"',
+              b"\xff\xfe",
+              b'{"task": "synthetic", "entries": '
+              b'[{"id": "q", "title": "\\udbff", "text": "t", "date": "2024-01-01"}]}',
               b'"synthetic"', b'{"id": "z"}', b"true", b"-0", b'"input"', b'"k"']
     statuses = set()
     for _ in range(150):

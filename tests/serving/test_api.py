@@ -80,8 +80,10 @@ def test_entries_add_list_delete(server):
     r = client.delete("/v1/users/alice/entries/a1", headers=alice)
     assert r.status_code == 200 and r.json() == {"user_id": "alice", "deleted": "a1", "version": 3}
     assert client.delete("/v1/users/alice/entries/a1", headers=alice).status_code == 404
-    assert [e["id"] for e in client.get(f"/v1/users/alice/entries?task={TASK}", headers=alice).json()["entries"]] == ["a2"]
-    dup = client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": [entry("a2", "x", "y")]})
+    assert [e["id"] for e in
+            client.get(f"/v1/users/alice/entries?task={TASK}", headers=alice).json()["entries"]] == ["a2"]
+    dup = client.post("/v1/users/alice/entries", headers=alice,
+                      json={"task": TASK, "entries": [entry("a2", "x", "y")]})
     assert dup.status_code == 409
 
 
@@ -128,7 +130,8 @@ def test_generate_uses_the_same_prompt_and_parser_as_evaluation(server, tiny_gen
 
     client, app = server
     alice = provision(client, "alice")
-    entries = [entry("a1", "Storm hits harbor", "A storm hit the harbor."), entry("a2", "Budget vote", "Council votes.")]
+    entries = [entry("a1", "Storm hits harbor", "A storm hit the harbor."),
+               entry("a2", "Budget vote", "Council votes.")]
     client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": entries})
     text = "Generate a headline for the following article: A storm near the harbor."
     body = client.post("/v1/users/alice/generate", headers=alice, json={"task": TASK, "input": text, "k": 2}).json()
@@ -136,7 +139,8 @@ def test_generate_uses_the_same_prompt_and_parser_as_evaluation(server, tiny_gen
     task = get_task(TASK)
     hits, scores = make_retriever("bm25", task)(text, entries, 2)
     prompt = build_prompt(task, text, hits, "prlm", tokenizer, 512)
-    completion = generator.generate([prompt.text], SamplingParams(max_new_tokens=8, stop=["</answer>"]), progress=False)[0][0]
+    completion = generator.generate([prompt.text], SamplingParams(max_new_tokens=8, stop=["</answer>"]),
+                                    progress=False)[0][0]
     parsed = parse_completion(completion, "prlm", task, prefill=prompt.prefill)
     assert [h["id"] for h in body["retrieved"]] == [e["id"] for e in hits]
     assert [h["score"] for h in body["retrieved"]] == [round(s, 6) for s in scores]
@@ -151,7 +155,8 @@ def test_index_is_rebuilt_when_the_profile_changes(server):
     client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": [
         entry("a0", "Museum opens", "The museum opened."), entry("a1", "Storm hits harbor", "A storm hit the "
                                                                                             "harbor.")]})
-    assert [h["id"] for h in client.post("/v1/users/alice/generate", headers=alice, json=gen).json()["retrieved"]] == ["a0", "a1"]
+    assert [h["id"] for h in
+            client.post("/v1/users/alice/generate", headers=alice, json=gen).json()["retrieved"]] == ["a0", "a1"]
     engine = app.state.prlm.engine
     rebuilds = engine.index.rebuilds
     # Unchanged profile: the index is reused.
@@ -163,7 +168,8 @@ def test_index_is_rebuilt_when_the_profile_changes(server):
     assert hits[0] == "a2" and set(hits) == {"a0", "a1", "a2"}  # BM25 ranks the new entry first
     assert engine.index.rebuilds == rebuilds + 1
     client.delete("/v1/users/alice/entries/a2", headers=alice)
-    assert [h["id"] for h in client.post("/v1/users/alice/generate", headers=alice, json=gen).json()["retrieved"]] == ["a0", "a1"]
+    assert [h["id"] for h in
+            client.post("/v1/users/alice/generate", headers=alice, json=gen).json()["retrieved"]] == ["a0", "a1"]
 
 
 def test_generate_before_the_model_is_ready_is_503(tmp_path):
@@ -175,7 +181,8 @@ def test_generate_before_the_model_is_ready_is_503(tmp_path):
     app = create_app(ServeConfig(db=str(tmp_path / "p.sqlite"), model="none"), store, ADMIN)
     with TestClient(app) as client:
         alice = provision(client, "alice")  # profiles work without a model
-        ok = client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": [entry("a", "t", "x")]})
+        ok = client.post("/v1/users/alice/entries", headers=alice,
+                         json={"task": TASK, "entries": [entry("a", "t", "x")]})
         assert ok.status_code == 201
         r = client.post("/v1/users/alice/generate", headers=alice, json={"task": TASK, "input": "x"})
         assert r.status_code == 503 and "without a model" in r.json()["detail"]

@@ -65,7 +65,8 @@ def test_no_cross_user_side_channel_through_the_embedding_cache(dense_server):
     client, app, encoder = dense_server
     bob, alice, carol = provision(client, "bob"), provision(client, "alice"), provision(client, "carol")
     victim = entry("b1", "Mayor quits", SECRET)
-    assert client.post("/v1/users/bob/entries", headers=bob, json={"task": TASK, "entries": [victim]}).status_code == 201
+    assert client.post("/v1/users/bob/entries", headers=bob,
+                       json={"task": TASK, "entries": [victim]}).status_code == 201
     r = client.post("/v1/users/bob/generate", headers=bob, json={"task": TASK, "input": "harbor news", "k": 1})
     assert r.status_code == 200 and SECRET in " ".join(encoder.encoded)  # bob's entry is embedded (and was cached)
 
@@ -73,7 +74,8 @@ def test_no_cross_user_side_channel_through_the_embedding_cache(dense_server):
     right, wrong = entry("g", "Mayor quits", SECRET), entry("g", "Mayor quits", SECRET.replace("mayor", "baker"))
     measured = {}
     for user, headers, guess in (("alice", alice, right), ("carol", carol, wrong)):
-        assert client.post(f"/v1/users/{user}/entries", headers=headers, json={"task": TASK, "entries": [guess]}).status_code == 201
+        assert client.post(f"/v1/users/{user}/entries", headers=headers,
+                           json={"task": TASK, "entries": [guess]}).status_code == 201
         r, work, ms = _work_of(client, encoder, f"/v1/users/{user}/generate", headers,
                                {"task": TASK, "input": "harbor news", "k": 1})
         assert r.status_code == 200
@@ -91,10 +93,12 @@ def test_deleted_entry_leaves_no_embedding_behind(dense_server):
     bob = provision(client, "bob")
     client.post("/v1/users/bob/entries", headers=bob, json={"task": TASK, "entries": [
         entry("b1", "Mayor quits", SECRET), entry("b2", "Rain", "rain all week")]})
-    assert client.post("/v1/users/bob/generate", headers=bob, json={"task": TASK, "input": "harbor", "k": 1}).status_code == 200
+    assert client.post("/v1/users/bob/generate", headers=bob,
+                       json={"task": TASK, "input": "harbor", "k": 1}).status_code == 200
     assert client.delete("/v1/users/bob/entries/b1", headers=bob).status_code == 200
     # Nothing derived from the deleted text is kept: adding it again (as anyone) embeds it again.
-    client.post("/v1/users/bob/entries", headers=bob, json={"task": TASK, "entries": [entry("b3", "Mayor quits", SECRET)]})
+    client.post("/v1/users/bob/entries", headers=bob,
+                json={"task": TASK, "entries": [entry("b3", "Mayor quits", SECRET)]})
     r, work, _ = _work_of(client, encoder, "/v1/users/bob/generate", bob, {"task": TASK, "input": "harbor", "k": 1})
     assert r.status_code == 200 and any(SECRET in t for t in work), work
     assert not any("rain all week" in t for t in work)  # the entry bob kept was not embedded twice
@@ -309,7 +313,8 @@ def test_security_headers_on_every_answer_and_no_store_on_tokens(server):
 def test_two_authorization_headers_are_refused(server):
     client, _ = server
     alice, bob = provision(client, "alice"), provision(client, "bob")
-    r = client.get("/v1/me", headers=[("Authorization", alice["Authorization"]), ("Authorization", bob["Authorization"])])
+    r = client.get("/v1/me", headers=[("Authorization", alice["Authorization"]),
+                                      ("Authorization", bob["Authorization"])])
     assert r.status_code == 400 and "one Authorization header" in r.json()["detail"]
 
 
@@ -328,7 +333,8 @@ def test_user_ids_are_case_insensitive(server):
 def test_dates_are_strictly_yyyy_mm_dd(server, bad):
     client, _ = server
     alice = provision(client, "alice")
-    r = client.post("/v1/users/alice/entries", headers=alice, json={"task": TASK, "entries": [entry("e", "t", "x", date=bad)]})
+    r = client.post("/v1/users/alice/entries", headers=alice,
+                    json={"task": TASK, "entries": [entry("e", "t", "x", date=bad)]})
     assert r.status_code == 422 and "YYYY-MM-DD" in r.json()["detail"], (bad, r.text)
 
 

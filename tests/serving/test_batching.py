@@ -37,7 +37,8 @@ def test_concurrent_generations_share_a_batch(tmp_path, tiny_generator):
             assert [h["id"] for h in r.json()["retrieved"]] == [f"own{user[1:]}"]
         assert sorted(r.json()["batch_size"] for r in results.values()) == sorted(s for s in sizes for _ in range(s))
         metrics = client.get("/metrics").text
-        assert 'prlm_generate_batch_size_bucket{le="4.0"} 2' in metrics and "prlm_generate_batch_size_count 2" in metrics
+        assert ('prlm_generate_batch_size_bucket{le="4.0"} 2' in metrics
+                and "prlm_generate_batch_size_count 2" in metrics)
     store.close()
 
 

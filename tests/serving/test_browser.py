@@ -17,8 +17,9 @@ CHROMIUM = os.environ.get("PRLM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "runs" / "artifacts"
 SECRET_B = "zqxvbobsecretkumquat"
 # Flags for a closed network: no background connections, no sandbox as root, a fresh profile.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
 
 
 def _browser_or_skip():
@@ -48,7 +49,8 @@ def test_page_edit_profile_and_generate(tmp_path, tiny_generator):
         admin = Client(server.url, ADMIN)
         token = admin.request("POST", "/v1/users", {"user_id": "alice"})[1]["token"]
         bob = Client(server.url, admin.request("POST", "/v1/users", {"user_id": "bob"})[1]["token"])
-        assert bob.request("POST", "/v1/users/bob/entries", {"task": TASK, "entries": [entry("b1", SECRET_B, SECRET_B)]})[0] == 201
+        assert bob.request("POST", "/v1/users/bob/entries",
+                           {"task": TASK, "entries": [entry("b1", SECRET_B, SECRET_B)]})[0] == 201
         alice = Client(server.url, token)
         assert alice.request("POST", "/v1/users/alice/entries", {"task": TASK, "entries": [
             entry("a0", "Museum opens", "The museum opened its doors."),

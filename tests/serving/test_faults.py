@@ -97,7 +97,8 @@ def test_corrupt_database_at_run_time_is_503_with_the_cause(tmp_path, tiny_gener
     with TestClient(app, raise_server_exceptions=False) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["ready"] is False
-        assert "malformed" in r.json()["db"] or "corrupt" in r.json()["db"].lower() or "page" in r.json()["db"], r.json()
+        assert ("malformed" in r.json()["db"] or "corrupt" in r.json()["db"].lower()
+                or "page" in r.json()["db"]), r.json()
         r = client.get("/v1/users/alice/entries", headers=bearer(ADMIN))
         assert r.status_code in (403, 503), r.text  # never a 500
     store.close()

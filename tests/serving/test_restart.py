@@ -31,7 +31,8 @@ def test_restart_keeps_users_tokens_and_profiles(tmp_path):
         status, reply = Client(server.url, ADMIN).request("POST", "/v1/users", {"user_id": "alice"})
         assert status == 201
         alice = Client(server.url, reply["token"])
-        assert alice.request("POST", "/v1/users/alice/entries", {"task": TASK, "entries": [entry("a1", "T", "x")]})[0] == 201
+        assert alice.request("POST", "/v1/users/alice/entries",
+                             {"task": TASK, "entries": [entry("a1", "T", "x")]})[0] == 201
     finally:
         server.kill()
     server = ServerProcess(db, "none", ADMIN)

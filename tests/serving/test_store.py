@@ -35,7 +35,8 @@ def store(database):
 
 def test_the_url_picks_the_store(database):
     s = open_store(database)
-    assert type(s).__name__ == ("PostgresProfileStore" if database.startswith("postgresql://") else "SQLiteProfileStore")
+    assert type(s).__name__ == ("PostgresProfileStore" if database.startswith("postgresql://")
+                                else "SQLiteProfileStore")
     assert s.check() == "ok" and s.check_writable() == "ok"
     s.startup_check()
     s.close()
