@@ -337,9 +337,8 @@ def test_unseen_questions_follow_the_split_of_the_warmup_they_start_from(tiny_da
 
 def test_a_context_reward_model_gets_each_users_past_outputs(tiny_data, tmp_path):
     from prlm.data import load_split
-    from prlm.training.grpo import reward_context_column
-
     from prlm.reward.model import RM_FORMAT
+    from prlm.training.grpo import reward_context_column
 
     rm = tmp_path / "rm"
     rm.mkdir()
