@@ -62,16 +62,16 @@ def check_device(name: str, value: str) -> None:
 
 
 # --- shared bases ----------------------------------------------------------------
-# Fields that many stages have, with one name, one default and one help text.
+# Fields that several stage configs have, with one name, one default and one help text.
 
 @dataclasses.dataclass
-class OutputOptions:
-    out: str = opt("", "Output folder (or file) the stage writes.")
+class TrainerOptions:
+    """What every config that drives a transformers Trainer (GRPO, the sft baseline) passes to it."""
 
-
-@dataclasses.dataclass
-class SeedOptions:
-    seed: int = opt(0, "Seed of every random choice of the stage (sampling, order, initialisation).")
+    seed: int = opt(0, "Seed of sampling, shuffling and initialisation.")
+    use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
+    bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward pass: less memory, more time.")
 
 
 # --- checking values -------------------------------------------------------------

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.options import check_choice, opt
+from prlm.options import TrainerOptions, check_choice, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.retrieval import ProfileDataConfig
 
 
 @dataclass
-class TrainConfig(ProfileDataConfig):
+class TrainConfig(TrainerOptions, ProfileDataConfig):
     # data and prompts (the shared fields are in ProfileDataConfig)
     split: str = opt("train", "Split to train on.")
     limit: int = opt(0, "Train on the first N questions only (0 = all; the paper used 500).")
@@ -75,9 +75,6 @@ class TrainConfig(ProfileDataConfig):
     save_steps: int = opt(10, "Save a checkpoint every N steps (resume restarts from the last one).")
     save_total_limit: int = opt(2, "Checkpoints kept.")
     resume: bool = opt(False, "Continue from the last checkpoint in out/checkpoints.")
-    seed: int = opt(0, "Seed of sampling, shuffling and initialisation.")
-    use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
-    bf16: bool = opt(False, "bf16 mixed precision (GPUs; 2.5x slower on this CPU).")
     rollout: str = opt("shared-prefix", "Rollout generation without vLLM: 'shared-prefix' (each prompt prefilled once "
                                         "for its whole group; faster) or 'trl' (TRL's own generate).")
     stop_at_answer: bool = opt(True, "End each shared-prefix rollout right after `</answer>`, as evaluation does: no "
@@ -90,7 +87,6 @@ class TrainConfig(ProfileDataConfig):
                                       "processes, DeepSpeed or activation checkpointing always use TRL's pass.")
     use_vllm: bool = opt(False, "Generate rollouts with vLLM (GPU); replaces `rollout`.")
     vllm_mode: str = opt("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).")
-    gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
     report_to: str = opt("tensorboard", "Comma-separated trackers for transformers (tensorboard, wandb, none).")
 
     @property

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from prlm import PrlmError
 from prlm.io import atomic_write_json, atomic_write_jsonl
-from prlm.options import opt
+from prlm.options import TrainerOptions, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.retrieval import ProfileDataConfig
 
 
 @dataclass
-class SFTConfig(ProfileDataConfig):
+class SFTConfig(TrainerOptions, ProfileDataConfig):
     split: str = opt("train", "Split to train on.")
     retriever: str = opt("bm25", "Profile retriever of the RAG prompt (use the evaluation's).")
     k: int = opt(4, "Profile entries per prompt (use the evaluation's).")
@@ -32,10 +32,6 @@ class SFTConfig(ProfileDataConfig):
     batch_size: int = opt(8, "Examples per optimisation step.")
     learning_rate: float = opt(5e-5, "Learning rate (constant).")
     out: str = opt("", "Output folder: final/ (the tuned model), sft_summary.json, train_prompts.jsonl.")
-    seed: int = opt(0, "Seed of shuffling and initialisation.")
-    use_cpu: bool = opt(True, "Train on the CPU even when a GPU is present.")
-    bf16: bool = opt(False, "bf16 mixed precision (GPUs).")
-    gradient_checkpointing: bool = opt(False, "Trade compute for memory.")
 
     def __post_init__(self):
         super().__post_init__()
