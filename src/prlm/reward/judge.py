@@ -264,8 +264,9 @@ def compare_measures(per_question: Sequence[dict], samples: int, seed: int = 0) 
         if pairs:
             result = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], metric=measure,
                                       samples=samples, seed=seed)
-            row.update(a_mean=round(result.mean_a, 4), b_mean=round(result.mean_b, 4), diff=round(result.diff, 4),
-                       lo=round(result.low, 4), hi=round(result.high, 4))
+            row.update({key: round(value, 4) + 0.0 for key, value in  # + 0.0: no '-0.0' for a tiny negative
+                        (("a_mean", result.mean_a), ("b_mean", result.mean_b), ("diff", result.diff),
+                         ("lo", result.low), ("hi", result.high))})
         rows.append(row)
     return rows
 
