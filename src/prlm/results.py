@@ -9,7 +9,8 @@ A run folder (`prlm eval`, `prlm run`) holds everything, prompts included, and s
   (`selected_on`), the recipe, the command that reproduces it and the commit.
 
 `prlm report` reads `results/` only and rewrites `docs/results.json` (the headline comparisons with
-paired bootstrap intervals, and the reward-model rows under `results/reward-model/`) and the
+paired bootstrap intervals, the reward-model rows under `results/reward-model/` and, under
+`personalization`, the judge comparisons `prlm rm judge-compare` wrote there) and the
 generated section of `docs/results.md`. A test regenerates both and fails on any difference, so no
 figure there can drift from its records.
 """
@@ -159,11 +160,26 @@ def load_records(root: str | Path) -> dict[tuple[str, str, str], tuple[dict, lis
     for summary_path in sorted(Path(root).glob("*/*/*/summary.json")):
         if summary_path.parent.parent.name == CURVES:
             continue
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        with gzip.open(summary_path.parent / "predictions.jsonl.gz", "rt", encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
+        summary, rows = read_record(summary_path.parent)
         records[(summary["data"], summary["split"], summary["method"])] = (summary, rows)
     return records
+
+
+def is_record(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / "summary.json").is_file() and (folder / "predictions.jsonl.gz").is_file()
+
+
+def read_record(folder: str | Path) -> tuple[dict, list[dict]]:
+    """(summary, per-question rows) of one record folder `results/DATA/SPLIT/METHOD/`."""
+    folder = Path(folder)
+    if not is_record(folder):
+        raise PrlmError(f"'{folder}' is not a result record (needs summary.json and predictions.jsonl.gz); "
+                        "keep one with `prlm results add`")
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    with gzip.open(folder / "predictions.jsonl.gz", "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return summary, rows
 
 
 def method_order(methods) -> list[str]:
@@ -220,10 +236,36 @@ def reward_model_rows(root: str | Path) -> list[dict]:
     return rows
 
 
+def judge_compare_files(root: str | Path) -> list[dict]:
+    """The files `prlm rm judge-compare` wrote under results/reward-model/ (format JUDGE_COMPARE_FORMAT)."""
+    from prlm.reward.judge import JUDGE_COMPARE_FORMAT
+
+    files = []
+    for path in sorted((Path(root) / REWARD_MODEL).glob("*.json")):
+        content = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(content, dict) and content.get("format") == JUDGE_COMPARE_FORMAT:
+            files.append(content)
+    return files
+
+
+PERSONALIZATION_KEYS = ("data", "split", "a", "b", "judge", "measure", "a_mean", "b_mean", "diff", "lo", "hi", "n",
+                        "command")
+
+
+def personalization_rows(files: list[dict]) -> list[dict]:
+    """One row per judge-compare file and measure, B minus A with its paired interval, as the file computed it."""
+    return [{key: {**content, **measure}[key] for key in PERSONALIZATION_KEYS}
+            for content in files for measure in content["measures"]]
+
+
 def results_json(root: str | Path, samples: int = BOOTSTRAP_SAMPLES) -> dict:
     records = load_records(root)
-    return {"generated_by": REPORT_COMMAND, "bootstrap_samples": samples,
-            "comparisons": comparisons(records, samples), "reward_model": reward_model_rows(root)}
+    summary = {"generated_by": REPORT_COMMAND, "bootstrap_samples": samples,
+               "comparisons": comparisons(records, samples), "reward_model": reward_model_rows(root)}
+    personalization = personalization_rows(judge_compare_files(root))
+    if personalization:  # absent, not empty, without such files: the committed docs predate them
+        summary["personalization"] = personalization
+    return summary
 
 
 # --- markdown -----------------------------------------------------------------------
@@ -277,6 +319,31 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
     return "\n".join(lines)
 
 
+def _w_pers(content: dict, side: str) -> str:
+    value = content.get(f"{side}_w_pers")
+    return "" if value is None else f" (w_pers {value:g})"
+
+
+def personalization_markdown(files: list[dict]) -> str:
+    """One table per judge-compare file: the measures as rows, B minus A with its paired interval."""
+    lines = []
+    for c in files:
+        lines += [f"### How personal: {c['b']} against {c['a']} on {c['data']}, {c['split']} split", "",
+                  f"A is `{c['a']}`{_w_pers(c, 'a')} and B is `{c['b']}`{_w_pers(c, 'b')}, evaluated on the same "
+                  f"questions. The judge `{c['judge']}` is a reward model trained on users disjoint from the reward "
+                  f"model's, and it never saw these users: only the {c['n']} questions of {c['users']} users it "
+                  f"neither trained on nor chose its epoch with are counted ({c['dropped']['questions']} questions "
+                  f"of {c['dropped']['users']} users dropped). B minus A with its 95% paired bootstrap interval "
+                  f"over questions ({c['samples']:,} resamples, seed {c['seed']}).", "",
+                  "| measure | what | n | A | B | B - A | 95% interval |", "|---|---|---|---|---|---|---|"]
+        for m in c["measures"]:
+            head = f"| {m['measure']} | {c.get('what', {}).get(m['measure'], '')} | {m['n']} |"
+            lines.append(f"{head} {m['a_mean']:.4f} | {m['b_mean']:.4f} | {m['diff']:+.4f} | "
+                         f"[{m['lo']:+.4f}, {m['hi']:+.4f}] |" if m["n"] else f"{head} - | - | - | - |")
+        lines += ["", f"Command: `{c['command']}`", ""]
+    return "\n".join(lines)
+
+
 def curves_markdown(root: str | Path, curves: dict[tuple[str, str], list[dict]], samples: int) -> str:
     lines = []
     for (data, name), rows in sorted(curves.items()):
@@ -318,6 +385,8 @@ def render_report(root: str | Path, markdown: str, samples: int = BOOTSTRAP_SAMP
     records = load_records(root)
     summary = results_json(root, samples)
     body = records_markdown(records, summary["comparisons"], summary["reward_model"])
+    if "personalization" in summary:
+        body += "\n" + personalization_markdown(judge_compare_files(root))
     body += "\n" + curves_markdown(root, load_curves(root), samples)
     return json.dumps(summary, indent=2, ensure_ascii=False) + "\n", replace_section(markdown, body)
 

@@ -1,4 +1,6 @@
-"""`prlm rm pairs|train|eval|score`: parse, call the library, print. No logic lives here."""
+"""`prlm rm pairs|style-pairs|paper-pairs|judge|judge-compare|train|eval|score`: parse, call the library, print.
+
+No logic lives here."""
 
 from __future__ import annotations
 
@@ -67,6 +69,25 @@ def _cmd_judge(args) -> None:
     print(json.dumps(summary))
 
 
+def _cmd_judge_compare(args) -> None:
+    from prlm.reward.judge import JudgeCompareConfig, judge_compare
+
+    cfg = config_from_args(JudgeCompareConfig, args)
+    result = judge_compare(cfg, command=command_line("prlm rm judge-compare", cfg))
+    dropped = result["dropped"]
+    print(f"{result['b']} - {result['a']} on {result['data']} {result['split']}, judged by {result['judge']}: "
+          f"{result['n']} question(s) of {result['users']} user(s) the judge never saw ({dropped['questions']} "
+          f"of {dropped['users']} user(s) it trained on or chose its epoch with dropped); "
+          f"95% paired bootstrap, {result['samples']} resamples:")
+    for m in result["measures"]:
+        if m["n"]:
+            print(f"  {m['measure']}: n={m['n']} A {m['a_mean']:.4f} B {m['b_mean']:.4f} B-A {m['diff']:+.4f} "
+                  f"[{m['lo']:+.4f}, {m['hi']:+.4f}]")
+        else:
+            print(f"  {m['measure']}: no question where both sides have a value")
+    print(f"wrote {cfg.out}")
+
+
 def add_rm_commands(subparsers) -> None:
     """Register `rm` and its subcommands on the top-level `prlm` subparsers."""
     from prlm.reward.model import RewardTrainConfig, RMEvalConfig
@@ -108,6 +129,14 @@ def add_rm_commands(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="device for the judge")
     p.add_argument("--out", default="", help="JSONL of per-question flags and scores to write")
     p.set_defaults(func=_cmd_judge)
+
+    from prlm.reward.judge import JudgeCompareConfig
+
+    p = sub.add_parser("judge-compare", help="two evaluations of the same questions (A, B: run or record folders) "
+                       "judged and style-measured on users the judge never saw: B - A per measure with 95%% paired "
+                       "bootstrap intervals, as one JSON file for `prlm report`")
+    add_config_args(p, JudgeCompareConfig)
+    p.set_defaults(func=_cmd_judge_compare)
 
     p = sub.add_parser("train", help="train the (input, answer) scorer on pairs (Bradley-Terry, validation on "
                                      "held-out users)")
