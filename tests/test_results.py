@@ -77,6 +77,22 @@ def test_comparisons_in_the_protocol_schema(tmp_path):
     assert schema <= set(rouge_l)
 
 
+def test_a_record_asks_for_its_own_comparison(tmp_path):
+    """An experiment's record names its baseline (compare_to): the report compares exactly that pair, B = it."""
+    root = _records(tmp_path)
+    add_record(_run(tmp_path / "w0", "test", [0.2, 0.2, 0.2, 0.2], "prlm"), root, "ds", "prlm-40steps",
+               "fixed in advance", "c0")
+    add_record(_run(tmp_path / "w05", "test", [0.3, 0.1, 0.4, 0.2], "prlm"), root, "ds", "prlm-40steps-pers",
+               "fixed in advance", "c1", compare_to=["prlm-40steps", "not-there"])
+    pairs = {(r["a"], r["b"]): r for r in comparisons(load_records(root), samples=200) if r["metric"] == "rougeL"}
+    asked = pairs[("prlm-40steps", "prlm-40steps-pers")]
+    assert asked["diff"] == pytest.approx(0.05) and asked["command"] == "c1"
+    assert ("prlm-40steps-pers", "prlm-40steps") not in pairs
+    assert not any("not-there" in pair for pair in pairs)  # a baseline without a record is skipped
+    plain = json.loads((root / "ds" / "test" / "prlm-40steps" / "summary.json").read_text())
+    assert "compare_to" not in plain  # records that ask for nothing keep their old shape
+
+
 def test_different_questions_are_refused(tmp_path):
     root = _records(tmp_path)
     add_record(_run(tmp_path / "short", "test", [0.1, 0.2]), root, "ds", "no-profile", "fixed in advance", "c")

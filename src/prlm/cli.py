@@ -158,7 +158,7 @@ def _cmd_results_add(args) -> None:
     from prlm.results import add_record
 
     folder = add_record(args.run, args.results, args.data_name, args.method, args.selected_on, args.command,
-                        recipe=args.recipe, train_summary=args.train_summary)
+                        recipe=args.recipe, train_summary=args.train_summary, compare_to=args.compare_to)
     print(f"kept the record of {args.run} in {folder}/ (predictions.jsonl.gz, summary.json); "
           "regenerate the docs with `prlm report`")
 
@@ -330,6 +330,9 @@ def _add_results_commands(sub) -> None:
     p.add_argument("--command", required=True, help="the command that reproduces the run")
     p.add_argument("--recipe", default="", help="the recipe's config file, e.g. configs/commit-subject.yaml")
     p.add_argument("--train-summary", default=None, help="train_summary.json of the model's training run")
+    p.add_argument("--compare-to", action="append", default=[], metavar="METHOD",
+                   help="also compare this method against METHOD in the report (B = this one; repeatable): the "
+                        "baseline an ablation or experiment was made against")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.set_defaults(func=_cmd_results_add)
     p = results.add_parser("add-curve", help="keep a GRPO run's learning curve (step log, dev evaluations, best "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from prlm import PrlmError
@@ -58,8 +59,11 @@ def record_dir(root: str | Path, data: str, split: str, method: str) -> Path:
 
 
 def add_record(run: str | Path, root: str | Path, data: str, method: str, selected_on: str, command: str,
-               recipe: str = "", train_summary: str | Path | None = None) -> Path:
-    """Keep the compact record of run folder `run` as `root/data/split/method/`; returns that folder."""
+               recipe: str = "", train_summary: str | Path | None = None, compare_to: Sequence[str] = ()) -> Path:
+    """Keep the compact record of run folder `run` as `root/data/split/method/`; returns that folder.
+
+    `compare_to`: methods this one is compared against in the report (B = this, A = each), beyond the
+    standard pairs: the comparison an experiment was made for (an ablation against its own baseline)."""
     if selected_on not in SELECTED_ON:
         raise PrlmError(f"selected_on must be one of {', '.join(SELECTED_ON)}, got '{selected_on}'")
     if not command.strip():
@@ -80,6 +84,8 @@ def add_record(run: str | Path, root: str | Path, data: str, method: str, select
         "eval_wall_time_s": summary.get("wall_time_s"), "finished": summary.get("finished"),
         "training": _training_facts(training) if training else None,
     }
+    if compare_to:
+        record["compare_to"] = list(compare_to)  # absent otherwise: older records stay byte-identical
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "predictions.jsonl.gz", "wb") as raw:
         # mtime=0: the same rows give the same bytes, so a re-export changes nothing in git.
@@ -187,11 +193,15 @@ def method_order(methods) -> list[str]:
     return known + sorted(m for m in methods if m not in METHODS)
 
 
-def comparison_pairs(methods) -> list[tuple[str, str]]:
-    """The standard comparisons among `methods`, then each ablation against prlm."""
+def comparison_pairs(methods, asked: dict[str, Sequence[str]] | None = None) -> list[tuple[str, str]]:
+    """The standard comparisons among `methods`, then each ablation against prlm, then the pairs records ask
+    for (`asked`: method -> the methods it is compared against, its record's `compare_to`)."""
     pairs = [(a, b) for a, b in COMPARISONS if a in methods and b in methods]
     ablations = [m for m in method_order(methods) if m.startswith("prlm-") and m != "prlm-rl-only"]
-    return pairs + [("prlm", m) for m in ablations if "prlm" in methods]
+    pairs += [("prlm", m) for m in ablations if "prlm" in methods]
+    for b in method_order(asked or {}):
+        pairs += [(a, b) for a in asked[b] if a in methods and (a, b) not in pairs]
+    return pairs
 
 
 def comparisons(records: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[dict]:
@@ -199,7 +209,8 @@ def comparisons(records: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[dict]:
     rows = []
     for data, split in sorted({(d, s) for d, s, _ in records}):
         methods = {m for d, s, m in records if (d, s) == (data, split)}
-        for a, b in comparison_pairs(methods):
+        asked = {m: records[(data, split, m)][0].get("compare_to", []) for m in methods}
+        for a, b in comparison_pairs(methods, {m: to for m, to in asked.items() if to}):
             (sum_a, rows_a), (sum_b, rows_b) = records[(data, split, a)], records[(data, split, b)]
             by_a, by_b = {r["id"]: r for r in rows_a}, {r["id"]: r for r in rows_b}
             if set(by_a) != set(by_b):
