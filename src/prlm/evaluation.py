@@ -6,6 +6,7 @@ stemming, F1, predictions matched to golds by id, mean over examples.
 
 from __future__ import annotations
 
+import gzip
 import json
 import platform
 import sys
@@ -175,3 +176,21 @@ def compare_runs(path_a: str | Path, path_b: str | Path, samples: int = 1000, se
     metrics = [k for k in sum_a["metrics"] if k in sum_b["metrics"]]
     return [paired_bootstrap([by_id_a[i]["metrics"][m] for i in ids], [by_id_b[i]["metrics"][m] for i in ids],
                              metric=m, samples=samples, seed=seed) for m in metrics]
+
+
+def is_record(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / "summary.json").is_file() and (folder / "predictions.jsonl.gz").is_file()
+
+
+def read_record(folder: str | Path) -> tuple[dict, list[dict]]:
+    """(summary, per-question rows) of one record folder `results/DATA/SPLIT/METHOD/`: the compact copy of a
+    run folder that `prlm results add` keeps (beside `load_run`, which reads the run folder itself)."""
+    folder = Path(folder)
+    if not is_record(folder):
+        raise PrlmError(f"'{folder}' is not a result record (needs summary.json and predictions.jsonl.gz); "
+                        "keep one with `prlm results add`")
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    with gzip.open(folder / "predictions.jsonl.gz", "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return summary, rows

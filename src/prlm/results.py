@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.evaluation import load_run, paired_bootstrap
+from prlm.evaluation import load_run, paired_bootstrap, read_record
 from prlm.io import atomic_write_json, atomic_write_text
 
 RESULTS = "results"
@@ -169,23 +169,6 @@ def load_records(root: str | Path) -> dict[tuple[str, str, str], tuple[dict, lis
         summary, rows = read_record(summary_path.parent)
         records[(summary["data"], summary["split"], summary["method"])] = (summary, rows)
     return records
-
-
-def is_record(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / "summary.json").is_file() and (folder / "predictions.jsonl.gz").is_file()
-
-
-def read_record(folder: str | Path) -> tuple[dict, list[dict]]:
-    """(summary, per-question rows) of one record folder `results/DATA/SPLIT/METHOD/`."""
-    folder = Path(folder)
-    if not is_record(folder):
-        raise PrlmError(f"'{folder}' is not a result record (needs summary.json and predictions.jsonl.gz); "
-                        "keep one with `prlm results add`")
-    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    with gzip.open(folder / "predictions.jsonl.gz", "rt", encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return summary, rows
 
 
 def method_order(methods) -> list[str]:

@@ -151,14 +151,12 @@ def read_evaluation(path: str | Path) -> tuple[dict, list[dict]]:
     name or folder name), data (the record's dataset name, else None) and w_pers (the training recipe's, when the
     record kept it). Each prediction has its per-question metrics at the top, as a record keeps them (a run folder
     nests them under 'metrics')."""
-    from prlm.results import is_record, read_record
+    from prlm.evaluation import is_record, load_run, read_record
 
     if is_record(path):
         summary, rows = read_record(path)
         facts = {"split": summary.get("split"), "name": summary.get("method"), "data": summary.get("data")}
     else:
-        from prlm.evaluation import load_run
-
         summary, rows = load_run(path)
         rows = [{**{k: v for k, v in r.items() if k != "metrics"}, **(r.get("metrics") or {})} for r in rows]
         facts = {"split": summary.get("split") or summary.get("config", {}).get("split"),
