@@ -30,6 +30,7 @@ prlm rm train --config configs/rm-judge-minilm-context.yaml --pairs "$RM/git-tra
 prlm rm train --config configs/rm-train-minilm-context-inputcopy.yaml --pairs "$RM/git-train-rm-inputcopy.jsonl" \
   --out "$RM/rm-minilm-context-inputcopy" --overwrite true
 cp "$RM/rm-minilm-context-inputcopy/prlm_rm_config.json" "$OUT/rm-minilm-context-inputcopy.train.json"
+cp "$RM/judge-minilm-context/prlm_rm_config.json" "$OUT/judge-minilm-context.train.json"
 
 # 3. dev pairs of both datasets (eval wordings of preambles and sign-offs, never trained on), the paper's pairs
 results/reward-model/runs-from-records.sh "$RUNS"
@@ -75,4 +76,13 @@ for MODEL in rm-minilm-context rm-minilm-context-inputcopy; do
     --context other-user --data "$DATA" --name "$MODEL, another user's context" \
     --results "$OUT/$MODEL.$DATA.dev.other-user-context.json" \
     --out "$OUT/$MODEL.$DATA.dev.other-user-context.scores.json"
+done
+
+# 6. issue 14, target 4: the w_pers experiment (configs/pers-commit-subject-w0.yaml and -w05.yaml, kept in
+#    results/git-commit-subject/{dev,test}/prlm-40steps{,-pers} by `prlm results add`), judged on the users the
+#    judge never saw
+for SPLIT in dev test; do
+  prlm rm judge-compare --a "results/$DATA/$SPLIT/prlm-40steps" --b "results/$DATA/$SPLIT/prlm-40steps-pers" \
+    --model "$RM/judge-minilm-context" --data "../shared/data/$DATA" \
+    --out "$OUT/judge-compare.$DATA.$SPLIT.pers-w05-vs-w0.json"
 done
