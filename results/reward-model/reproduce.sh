@@ -79,10 +79,10 @@ for MODEL in rm-minilm-context rm-minilm-context-inputcopy; do
 done
 
 # 6. issue 14, target 4: the w_pers experiment (configs/pers-commit-subject-w0.yaml and -w05.yaml, kept in
-#    results/git-commit-subject/{dev,test}/prlm-40steps{,-pers} by `prlm results add`), judged on the users the
+#    results/git-commit-subject/{dev,test}/prlm{,-pers} by `prlm results add`), judged on the users the
 #    judge never saw
 for SPLIT in dev test; do
-  prlm rm judge-compare --a "results/$DATA/$SPLIT/prlm-40steps" --b "results/$DATA/$SPLIT/prlm-40steps-pers" \
+  prlm rm judge-compare --a "results/$DATA/$SPLIT/prlm" --b "results/$DATA/$SPLIT/prlm-pers" \
     --model "$RM/judge-minilm-context" --data "../shared/data/$DATA" \
     --out "$OUT/judge-compare.$DATA.$SPLIT.pers-w05-vs-w0.json"
 done
