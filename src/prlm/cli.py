@@ -122,6 +122,10 @@ def _cmd_sft(args) -> None:
     _check_inputs_before_loading(cfg)
     final = train_sft(cfg)
     print(f"tuned model saved to {final}/; evaluate it with `prlm eval --method rag --model {final}`")
+    if cfg.dev_eval_steps:
+        best = final.parent / "best"
+        print(f"dev-best model (step in {best}/best.json, curve in {final.parent}/dev_curve.jsonl) saved to "
+              f"{best}/; evaluate it with `prlm eval --method rag --model {best}`")
 
 
 def _cmd_sweep(args) -> None:

@@ -13,6 +13,12 @@ log next to the training rewards (`dev/rougeL`, `dev/format_rate`,
 `dev/answer_words`), each evaluation's per-question rows into
 `OUT/dev_evals/step-N.jsonl`, and the policy best on dev ROUGE-L into
 `OUT/best` (model, tokenizer and `best.json`).
+
+The supervised baseline (`prlm sft`) keeps the same curve over its own prompt
+(`RagDevCurve`): the `rag` prompt, answers read up to EOS as `prlm eval
+--method rag` reads them, no step 0 (its candidates are trained steps), each
+evaluation a row of `OUT/dev_curve.jsonl`. In both, a later step replaces
+`OUT/best` only when it scores strictly higher: a tie keeps the earlier step.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ EVALS_FOLDER = "dev_evals"
 BEST_FOLDER = "best"
 BEST_FILE = "best.json"
 SCORE_KEY = "dev/rougeL"
+CURVE_FILE = "dev_curve.jsonl"
+RAG_METHOD = "rag"
 
 
 @dataclass
@@ -48,19 +56,20 @@ class DevQuestion:
     gold: str
 
 
-def dev_questions(cfg, tokenizer, retriever=None) -> list[DevQuestion]:
+def dev_questions(cfg, tokenizer, retriever=None, method: str = REASONING_METHOD) -> list[DevQuestion]:
     """The fixed dev subset (the first `dev_eval_limit` questions), prompted as training prompts are
-    (`retriever`: rankings computed once, or None to retrieve as `cfg` says)."""
+    (`method`: the prompt trained on; `retriever`: rankings computed once, or None to retrieve as `cfg` says)."""
     dev_cfg = replace(cfg, split="dev", limit=cfg.dev_eval_limit)
     return [DevQuestion(ex.id, ex.user_id, prompt.text, prompt.prefill, ex.gold)
-            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, REASONING_METHOD, retriever)]
+            for ex, prompt, _ in prompted_examples(dev_cfg, tokenizer, method, retriever)]
 
 
 def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: str, max_new_tokens: int,
-                    batch_size: int = 8) -> tuple[list[dict], dict]:
-    """Greedy answers of `model` to `questions`: per-question rows and the means (keys `dev/...`)."""
+                    batch_size: int = 8, method: str = REASONING_METHOD) -> tuple[list[dict], dict]:
+    """Greedy answers of `model` to `questions` prompted by `method`: per-question rows and the means
+    (keys `dev/...`; the format rate only for the reasoning method, the one prompt with a format)."""
     task = get_task(task_name)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop_strings(REASONING_METHOD))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=stop_strings(method))
     was_training = model.training
     model.eval()
     cuda = [model.device.index or 0] if model.device.type == "cuda" else []
@@ -71,18 +80,28 @@ def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: s
                 [q.prompt for q in questions], params, progress=False, desc="dev curve")]
     finally:
         model.train(was_training)
+    reasoning = method == REASONING_METHOD
     rows = []
     for question, completion in zip(questions, completions):
-        answer = parse_completion(completion, REASONING_METHOD, task, prefill=question.prefill).answer
-        rows.append({"id": question.id, "user_id": question.user_id, "answer": answer, "gold": question.gold,
-                     "rougeL": rouge(answer, question.gold)["rougeL"],
-                     "format_ok": has_reasoning_format(completion, question.prefill), "completion": completion})
+        answer = parse_completion(completion, method, task, prefill=question.prefill).answer
+        row = {"id": question.id, "user_id": question.user_id, "answer": answer, "gold": question.gold,
+               "rougeL": rouge(answer, question.gold)["rougeL"]}
+        if reasoning:
+            row["format_ok"] = has_reasoning_format(completion, question.prefill)
+        rows.append({**row, "completion": completion})
     n = max(len(rows), 1)
-    summary = {SCORE_KEY: sum(r["rougeL"] for r in rows) / n,
-               "dev/format_rate": sum(r["format_ok"] for r in rows) / n,
-               "dev/answer_words": sum(len(r["answer"].split()) for r in rows) / n,
-               "dev/empty_answers": sum(not r["answer"] for r in rows)}
+    summary = {SCORE_KEY: sum(r["rougeL"] for r in rows) / n}
+    if reasoning:
+        summary["dev/format_rate"] = sum(r["format_ok"] for r in rows) / n
+    summary.update({"dev/answer_words": sum(len(r["answer"].split()) for r in rows) / n,
+                    "dev/empty_answers": sum(not r["answer"] for r in rows)})
     return rows, summary
+
+
+def improves(score: float, best: float | None) -> bool:
+    """Whether a dev score replaces the best so far: strictly higher only, so a tie keeps the earlier step
+    (fewer steps for the same dev score)."""
+    return best is None or score > best
 
 
 def _save_policy(model, tokenizer, folder: Path) -> None:
@@ -94,13 +113,28 @@ def _save_policy(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+class CurveLog:
+    """The rows of OUT/dev_curve.jsonl, one per evaluation, rewritten atomically after each."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        atomic_write_jsonl(self.path, self.rows)
+
+
 class DevCurve(TrainerCallback):
-    """Evaluates on dev at step 0, every `every` steps and at the last step; keeps the dev-best policy.
+    """GRPO's curve: evaluates on dev at step 0, every `dev_eval_steps` steps and at the last step with the
+    reasoning prompt; keeps the dev-best policy.
 
     The figures of a step are handed to the step log through `take_pending()`
     (the step logger merges them into that step's row); step 0, which has no
     training row, is appended to the log directly.
     """
+
+    method = REASONING_METHOD  # the prompt the policy is evaluated with: the one it is trained on
+    at_start = True  # evaluate the start policy too (step 0)
 
     def __init__(self, cfg, questions: list[DevQuestion], log, resumed: bool = False):
         self.cfg, self.questions, self.log, self.resumed = cfg, questions, log, resumed
@@ -115,21 +149,26 @@ class DevCurve(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         # on_train_begin runs before a resumed trainer restores its step: the start policy was evaluated then.
-        if state.is_world_process_zero and not self.resumed:
+        if state.is_world_process_zero and self.at_start and not self.resumed:
             self.log.append({"step": 0, **self.evaluate(0, model, processing_class)})
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         step = state.global_step
         if state.is_world_process_zero and (step % self.cfg.dev_eval_steps == 0 or step == state.max_steps):
-            self.pending = self.evaluate(step, model, processing_class)
+            self.record(step, self.evaluate(step, model, processing_class))
+
+    def record(self, step: int, summary: dict) -> None:
+        self.pending = summary  # the step logger merges it into this step's row
+
+    def max_new_tokens(self) -> int:
+        return self.cfg.max_completion_length
 
     def evaluate(self, step: int, model, tokenizer) -> dict:
         started = time.time()
-        rows, summary = evaluate_policy(model, tokenizer, self.questions, self.cfg.task,
-                                        self.cfg.max_completion_length, self.cfg.dev_eval_batch_size)
+        rows, summary = evaluate_policy(model, tokenizer, self.questions, self.cfg.task, self.max_new_tokens(),
+                                        self.cfg.dev_eval_batch_size, self.method)
         atomic_write_jsonl(self.out / EVALS_FOLDER / f"step-{step}.jsonl", rows)
-        score = summary[SCORE_KEY]
-        if self.best_score is None or score > self.best_score:
+        if improves(summary[SCORE_KEY], self.best_score):
             self.save_best(model, tokenizer, step, summary)
         summary["dev/eval_time_s"] = round(time.time() - started, 2)
         return summary
@@ -146,8 +185,29 @@ class DevCurve(TrainerCallback):
         self.best_score = summary[SCORE_KEY]
 
 
+class RagDevCurve(DevCurve):
+    """sft's curve: the `rag` prompt it trains on, answers of `dev_max_new_tokens` read up to EOS (as
+    `prlm eval --method rag`), evaluated every `dev_eval_steps` steps and at the last, never at step 0 (the
+    untrained model is not a step count to choose); each evaluation is its own row of `log`, since
+    SFTTrainer keeps no step log of prlm's."""
+
+    method = RAG_METHOD
+    at_start = False
+
+    def record(self, step: int, summary: dict) -> None:
+        self.log.append({"step": step, **summary})
+
+    def max_new_tokens(self) -> int:
+        return self.cfg.dev_max_new_tokens
+
+
 def make_dev_curve(cfg, tokenizer, log, resumed: bool, retriever=None) -> DevCurve:
     return DevCurve(cfg, dev_questions(cfg, tokenizer, retriever), log, resumed)
+
+
+def make_rag_dev_curve(cfg, tokenizer) -> RagDevCurve:
+    """sft's curve, logging into OUT/dev_curve.jsonl."""
+    return RagDevCurve(cfg, dev_questions(cfg, tokenizer, method=RAG_METHOD), CurveLog(Path(cfg.out) / CURVE_FILE))
 
 
 def plot_learning_curve(run: str | Path, png: str | Path | None = None) -> Path:

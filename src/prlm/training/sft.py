@@ -4,10 +4,25 @@ on the train split's real outputs, prompted as RAG (same retriever and k).
 It answers the reviewer's first question about PrLM: does RL with explicit
 reasoning beat plain supervised tuning on the same data? The trained model is
 evaluated with the `rag` prompt (`prlm eval --method rag --model OUT/final`).
+
+A fair budget: with `dev_eval_steps: N` the model is evaluated greedily every N
+steps (and at the last) on the first `dev_eval_limit` dev questions, prompted as
+in training (`rag`, same retriever, k and prompt budget; answers of
+`dev_max_new_tokens`, as eval's `max_new_tokens`). Each evaluation is a row of
+OUT/dev_curve.jsonl (step, dev ROUGE-L, answer length in words), the per-question
+answers are in OUT/dev_evals/step-N.jsonl, and the model of the best row is kept
+in OUT/best (a tie keeps the earlier step; `best/best.json` says which step).
+OUT/final stays the last step. The dev-chosen model is evaluated with
+
+    prlm eval --method rag --model OUT/best
+
+(on test only once its step count is fixed; sft_summary.json records the best
+step, its dev score and the whole curve).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +46,16 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
     max_steps: int = opt(0, "Optimisation steps; 0 = run `epochs` passes.")
     batch_size: int = opt(8, "Examples per optimisation step.")
     learning_rate: float = opt(5e-5, "Learning rate (constant).")
-    out: str = opt("", "Output folder: final/ (the tuned model), sft_summary.json, train_prompts.jsonl.")
+    out: str = opt("", "Output folder: final/ (the tuned model), sft_summary.json, train_prompts.jsonl "
+                       "(and best/, dev_curve.jsonl with dev_eval_steps).")
+    dev_eval_steps: int = opt(0, "Evaluate the model greedily on dev every N steps (and at the last step), log dev "
+                                 "ROUGE-L and answer length into OUT/dev_curve.jsonl, keep the dev-best model in "
+                                 "OUT/best (ties: the earlier step); 0 = off.")
+    dev_eval_limit: int = opt(40, "Questions of the dev split used for the dev curve: the first N, the same at "
+                                  "every evaluation.")
+    dev_max_new_tokens: int = opt(32, "Answer tokens generated in the dev evaluation (use the evaluation's "
+                                      "max_new_tokens).")
+    dev_eval_batch_size: int = opt(8, "Prompts per generation batch in the dev evaluation.")
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,6 +70,11 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
             raise PrlmError("set epochs > 0 or max_steps > 0 (how long to train)")
         if self.learning_rate <= 0:
             raise PrlmError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.dev_eval_steps < 0:
+            raise PrlmError(f"dev_eval_steps must be >= 0 (0 = no dev curve), got {self.dev_eval_steps}")
+        for name in ("dev_eval_limit", "dev_max_new_tokens", "dev_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
@@ -56,8 +85,38 @@ def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
             for ex, prompt, used in prompted_examples(cfg, tokenizer, "rag")]
 
 
+def _dev_curve(cfg: SFTConfig, tokenizer) -> list:
+    """The dev curve's callback (none without dev_eval_steps). sft never resumes, so a killed run's best/ and
+    curve are removed first: they would otherwise compete with this run's steps."""
+    if not cfg.dev_eval_steps:
+        return []
+    import shutil
+
+    from prlm.training.dev_curve import BEST_FOLDER, CURVE_FILE, make_rag_dev_curve
+
+    out = Path(cfg.out)
+    shutil.rmtree(out / BEST_FOLDER, ignore_errors=True)
+    (out / CURVE_FILE).unlink(missing_ok=True)
+    return [make_rag_dev_curve(cfg, tokenizer)]
+
+
+def _dev_summary(callbacks: list) -> dict:
+    """The dev-best step, its dev ROUGE-L and folder, and the curve (for sft_summary.json)."""
+    if not callbacks:
+        return {}
+    from prlm.training.dev_curve import BEST_FILE, BEST_FOLDER, SCORE_KEY
+
+    curve = callbacks[0]
+    best = json.loads((curve.out / BEST_FOLDER / BEST_FILE).read_text())
+    return {"best": {"step": best["step"], "dev_rougeL": best["score"], "n": best["n"],
+                     "folder": str(curve.out / BEST_FOLDER)},
+            "dev_curve": [{"step": r["step"], "dev_rougeL": r[SCORE_KEY], "dev_answer_words": r["dev/answer_words"]}
+                          for r in curve.log.rows]}
+
+
 def train_sft(cfg: SFTConfig) -> Path:
-    """Fine-tune and save `out/final`; returns that folder. A finished run is not redone."""
+    """Fine-tune and save `out/final` (and `out/best` with dev_eval_steps); returns `out/final`.
+    A finished run is not redone."""
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
@@ -73,6 +132,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if not rows:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
     atomic_write_jsonl(out / "train_prompts.jsonl", rows)
+    callbacks = _dev_curve(cfg, tokenizer)
     # The eos token teaches the model to stop after the answer, as greedy evaluation needs.
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"] + tokenizer.eos_token}
                               for r in rows])
@@ -84,13 +144,14 @@ def train_sft(cfg: SFTConfig) -> Path:
         max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
         gradient_checkpointing=cfg.gradient_checkpointing,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                         callbacks=callbacks)
     result = trainer.train()
     trainer.model.save_pretrained(final)
     tokenizer.save_pretrained(final)
     atomic_write_json(out / "sft_summary.json", {
         "steps": trainer.state.global_step, "train_loss": result.training_loss, "final": str(final),
         "examples": len(rows), "wall_time_s": round(time.time() - started, 1), "config": asdict(cfg),
-        "log": [r for r in trainer.state.log_history if "loss" in r],
+        "log": [r for r in trainer.state.log_history if "loss" in r], **_dev_summary(callbacks),
     })
     return final
