@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import yaml
 
@@ -31,16 +32,80 @@ from prlm.options import check_choice, load_config, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.stages import Stage, run_stages
 
+RM_SOURCES = ("style", "paper")
+# Tasks where the style reward model was measured better on dev (and so is their study's default).
+STYLE_MEASURED_TASKS = ("commit-subject",)
+# The reward model measured better on git dev, rm-minilm-context-inputcopy (results/reward-model/README.md):
+# own-vs-no-profile 0.818 [0.727, 0.894] on held-out users, where the same recipe without input-copy pairs
+# had 0.470; own-vs-other-user 0.797. These are configs/rm-style-pairs-commit-inputcopy.yaml and
+# configs/rm-train-minilm-context-inputcopy.yaml without their paths, seed, device and the pairs' k (the
+# study's: k follows train.context_entries, 4 here); `rm.style_pairs` and `rm.train` override them.
+STYLE_PAIRS_RECIPE = MappingProxyType(dict(
+    kinds="own-vs-other-user,preamble,sign-off,casing,input-copy", source="questions+profiles", max_per_user=8,
+    users="rm-train,validation", negatives="same-group", variant="train"))
+STYLE_TRAIN_RECIPE = MappingProxyType(dict(
+    backbone="minilm", role="reward", max_length=96, context_entries=4,
+    kind_weights="own-vs-other-user=1,preamble=0.34,sign-off=0.34,casing=0.34,input-copy=0.34", batch_size=16,
+    eval_batch_size=64, learning_rate=5e-5, epochs=2, val_fraction=0.1, held_out_share=0.45))
+# Keys of the pair and training sections that the study sets itself.
+_STUDY_OWNED = {"pairs": ("task", "data", "out"), "style_pairs": ("task", "data", "out"), "train": ("pairs", "out")}
+
 
 @dataclass
 class RewardModelSection:
-    """The `rm:` section of a study: checked key by key when the recipe loads, used as a mapping."""
+    """The `rm:` section of a study: checked key by key when the recipe loads (then by `check_reward_model`),
+    used as a mapping."""
 
-    pairs: dict = opt(None, "Options of `prlm rm pairs` (data, split, out and the model are the study's).",
+    source: str = opt("", "Pairs the reward model trains on: 'style' (`prlm rm style-pairs`: each user's real "
+                      "outputs against other users' and against form changes, no generation) or 'paper' (`prlm rm "
+                      "pairs`: the policy's answers with and without the profile). Empty = the task's default: "
+                      "'style' on commit-subject, where its reward model was measured better on dev "
+                      "(results/reward-model/README.md), 'paper' on LaMP and synthetic, where style pairs were "
+                      "never measured.")
+    pairs: dict = opt(None, "Options of `prlm rm pairs`, with source: paper (task, data and out are the study's; "
+                      "split, the model and generation default to the study's).",
                       section="prlm.reward.pairs:PairsConfig")
-    train: dict = opt(None, "Options of `prlm rm train` (pairs and out are the study's).",
+    style_pairs: dict = opt(None, "Options of `prlm rm style-pairs`, with source: style, over the measured recipe "
+                            "(prlm.study.STYLE_PAIRS_RECIPE; task, data and out are the study's; split, seed and k "
+                            "default to train, the study's seed and train.context_entries).",
+                            section="prlm.reward.style_pairs:StylePairsConfig")
+    train: dict = opt(None, "Options of `prlm rm train` (pairs and out are the study's); with source: style over the "
+                      "measured recipe (prlm.study.STYLE_TRAIN_RECIPE).",
                       section="prlm.reward.model:RewardTrainConfig")
     model: str = opt("", "A reward model trained earlier (its checkpoint folder), reused instead of training one.")
+
+
+def default_rm_source(task: str) -> str:
+    """The pair source of a study that names none: 'style' where its reward model was measured better on dev,
+    'paper' (the paper's pairs) where style pairs were never measured."""
+    from prlm.data.tasks import get_task
+
+    return "style" if get_task(task).name in STYLE_MEASURED_TASKS else "paper"
+
+
+def check_reward_model(task: str, rm: dict) -> dict:
+    """The `rm:` section with its source resolved (the task's default when unset); refused, with how to fix it,
+    when a key does not fit that source or is the study's."""
+    rm = {key: value for key, value in rm.items() if value is not None}  # an empty YAML section is unset
+    source = rm.get("source") or default_rm_source(task)
+    check_choice("rm.source", source, RM_SOURCES)
+    own, other = ("style_pairs", "pairs") if source == "style" else ("pairs", "style_pairs")
+    if other in rm:
+        other_source = "paper" if source == "style" else "style"
+        why = f"'{source}'" if rm.get("source") else f"'{source}' (the default on {task})"
+        raise PrlmError(f"rm.{other} holds options of source: {other_source}, but rm.source is {why}: move them "
+                        f"to rm.{own}, or set rm.source: {other_source}")
+    for section, keys in _STUDY_OWNED.items():
+        taken = sorted(set(rm.get(section) or {}) & set(keys))
+        if taken:
+            raise PrlmError(f"rm.{section}.{taken[0]} is set by the study (from its own {taken[0]}); drop it")
+    if source == "style":
+        entries = int({**STYLE_TRAIN_RECIPE, **(rm.get("train") or {})}["context_entries"])
+        k = int((rm.get("style_pairs") or {}).get("k", entries))
+        if k < entries:
+            raise PrlmError(f"rm.style_pairs.k={k} is below rm.train.context_entries={entries}: the reward model "
+                            f"would train on fewer past outputs than GRPO gives it; set k to {entries} or more")
+    return {**rm, "source": source}
 
 
 @dataclass
@@ -70,8 +135,10 @@ class StudyConfig:
     eval_warmup_only: bool = opt(False, "Also evaluate the policy after the supervised warm-up alone (before GRPO), "
                                  "to show what GRPO adds.")
     seed: int = opt(0, "Seed of every stage.")
-    rm: dict = opt(None, "Reward model: {pairs: {...PairsConfig}, train: {...rm TrainConfig}}, or {model: CHECKPOINT} "
-                         "to reuse one; train.w_pers 0 skips it.",
+    rm: dict = opt(None, "Reward model: {source: style, style_pairs: {...StylePairsConfig}, train: "
+                         "{...RewardTrainConfig}}, {source: paper, pairs: {...PairsConfig}, train: {...}}, or "
+                         "{model: CHECKPOINT} to reuse one; source defaults to the task's (style on commit-subject, "
+                         "paper elsewhere); train.w_pers 0 skips it.",
                    section="prlm.study:RewardModelSection")
     train: dict = opt(None, "GRPO training options (see `prlm train --help`).",
                       section="prlm.training.config:TrainConfig")
@@ -93,7 +160,7 @@ class StudyConfig:
             check_choice("baselines", name, ("no-profile", "rag"))
         if self.checkpoint == "dev-best" and not int(dict(self.train or {}).get("dev_eval_steps", 0)):
             raise PrlmError("checkpoint: dev-best needs train.dev_eval_steps > 0 (the dev evaluations that choose it)")
-        self.rm = dict(self.rm or {})
+        self.rm = check_reward_model(self.task, dict(self.rm or {}))
         self.train = dict(self.train or {})
         if not self.data:
             if self.synthetic is None:
@@ -205,28 +272,47 @@ def _reward_model_stages(cfg: StudyConfig, ranking: StudyRanking) -> tuple[list[
         rm_dir = Path(cfg.rm["model"])  # a reward model trained earlier: reuse it (checked when training starts)
         train_cfg.setdefault("reward_model", str(rm_dir))
         return [], train_cfg
-    out = Path(cfg.out)
-    pairs_file = out / "rm" / "pairs.jsonl"
-    rm_dir = out / "rm" / "model"
+    from prlm.reward.model import RewardTrainConfig, train_reward_model
+
+    style = cfg.rm["source"] == "style"
+    pairs_file = Path(cfg.out) / "rm" / ("style-pairs.jsonl" if style else "pairs.jsonl")
+    rm_dir = Path(cfg.out) / "rm" / "model"
+    rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
+               **(STYLE_TRAIN_RECIPE if style else {}), **cfg.rm.get("train", {})}
+    rm_cfg = RewardTrainConfig(**rm_opts)  # validate before any stage runs
+    pairs = _style_pairs_stage(cfg, pairs_file, rm_cfg) if style else _paper_pairs_stage(cfg, pairs_file, ranking)
+    train_cfg.setdefault("reward_model", str(rm_dir))
+    return [pairs, Stage("rm-train", rm_opts, lambda: train_reward_model(RewardTrainConfig(**rm_opts)),
+                         deps=["rm-pairs"])], train_cfg
+
+
+def _paper_pairs_stage(cfg: StudyConfig, pairs_file: Path, ranking: StudyRanking) -> Stage:
+    """The paper's pairs: the policy answers each training question with the profile (chosen) and without it."""
+    from prlm.reward.pairs import PairsConfig, build_pairs
+
     pairs_opts = {**dict(_shared_options(cfg), model=cfg.model, max_prompt_tokens=cfg.max_prompt_tokens,
                          batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, split="train",
                          out=str(pairs_file)), **cfg.rm.get("pairs", {})}
-    rm_opts = {**dict(pairs=str(pairs_file), out=str(rm_dir), seed=cfg.seed, overwrite=True),
-               **cfg.rm.get("train", {})}
-    from prlm.reward.pairs import PairsConfig, build_pairs
-
     pairs_cfg = PairsConfig(**pairs_opts)
 
     def make_pairs():
         build_pairs(PairsConfig(**pairs_opts), retriever=ranking.retriever(pairs_cfg))
+    return ranking.serve(Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]), pairs_cfg)
 
-    def train_rm():
-        from prlm.reward.model import RewardTrainConfig, train_reward_model
 
-        train_reward_model(RewardTrainConfig(**rm_opts))
-    train_cfg.setdefault("reward_model", str(rm_dir))
-    return [ranking.serve(Stage("rm-pairs", pairs_opts, make_pairs, deps=["data"]), pairs_cfg),
-            Stage("rm-train", rm_opts, train_rm, deps=["rm-pairs"])], train_cfg
+def _style_pairs_stage(cfg: StudyConfig, pairs_file: Path, rm_cfg) -> Stage:
+    """Style pairs from the users' real outputs (no generation), made with the user partition the reward model
+    trains with, so `users` picks the users it trains and chooses its epoch on. They rank past outputs by their
+    own BM25, whatever the study's retriever, so they do not read the study's ranking."""
+    from prlm.reward.style_pairs import StylePairsConfig, build_style_pairs
+
+    study = dict(task=cfg.task, data=cfg.data, split="train", seed=cfg.seed, k=rm_cfg.context_entries,
+                 out=str(pairs_file))
+    opts = {**STYLE_PAIRS_RECIPE, **study, **cfg.rm.get("style_pairs", {})}
+    StylePairsConfig(**opts)  # validate before any stage runs
+    partition = rm_cfg.partition
+    return Stage("rm-pairs", {**opts, "partition": partition.as_dict()},
+                 lambda: build_style_pairs(StylePairsConfig(**opts), partition), deps=["data"])
 
 
 def _train_stage(cfg: StudyConfig, train_cfg: dict, deps: list[str], ranking: StudyRanking) -> Stage:
