@@ -43,8 +43,24 @@ def _records(tmp_path) -> Path:
     root = tmp_path / "results"
     add_record(_run(tmp_path / "rag", "test", [0.1, 0.2, 0.1, 0.0]), root, "ds", "rag", "fixed in advance",
                "prlm eval x")
-    add_record(_run(tmp_path / "prlm", "test", [0.5, 0.4, 0.6, 0.3], "prlm"), root, "ds", "prlm", "dev", "prlm run y")
+    add_record(_run(tmp_path / "prlm", "test", [0.5, 0.4, 0.6, 0.3], "prlm"), root, "ds", "prlm", "dev", "prlm run y",
+               selection="the step count, on the dev curve")
     return root
+
+
+def test_a_record_chosen_on_dev_says_what_was_chosen(tmp_path):
+    run = _run(tmp_path / "prlm", "test", [0.5, 0.4], "prlm")
+    with pytest.raises(PrlmError, match="--selection"):
+        add_record(run, tmp_path / "results", "ds", "prlm", "dev", "prlm run y")
+    add_record(run, tmp_path / "results", "ds", "prlm", "fixed in advance", "prlm run y")  # nothing chosen: none
+    summary = json.loads((tmp_path / "results" / "ds" / "test" / "prlm" / "summary.json").read_text())
+    assert "selection" not in summary
+
+
+def test_the_report_says_what_dev_chose(tmp_path):
+    root = _records(tmp_path)
+    markdown = render_report(root, f"{SECTION_BEGIN}\n{SECTION_END}\n", samples=50)[1]
+    assert "- prlm: `prlm run y` (chosen on dev: the step count, on the dev curve)" in markdown
 
 
 def test_a_record_keeps_what_a_reader_needs_and_no_prompt(tmp_path):
@@ -168,3 +184,20 @@ def test_learning_curves_are_kept_tabled_and_plotted(tmp_path):
     assert "| 0 | 0.2000 | - |" in text
     assert (md.parent / curve_png("ds", "prlm")).is_file() and curve_png("ds", "prlm") in text
     assert load_records(root) == {}  # a curve is not an evaluation record
+
+
+def test_training_statistics_show_what_grpo_saw_and_the_reward_trend():
+    from prlm.results import reward_trend, training_statistics_markdown
+
+    rising = [{"step": s, "rewards/accuracy/mean": 0.5 + 0.01 * s, "reward_std": 0.2, "entropy": 0.4}
+              for s in range(1, 11)]
+    slope, low, high = reward_trend(rising)
+    assert slope == pytest.approx(1.0) and low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    noisy = [{"step": s, "rewards/accuracy/mean": (0.9 if s % 2 else 0.1)} for s in range(1, 21)]
+    slope, low, high = reward_trend(noisy)
+    assert low < 0 < high  # alternating noise has no trend: the interval straddles zero
+    lines = training_statistics_markdown(rising)
+    assert "| steps | accuracy reward | within-group spread | entropy |" in lines
+    assert "| 1-2 | 0.515 | 0.200 | 0.400 |" in lines and "| 9-10 | 0.595 | 0.200 | 0.400 |" in lines
+    assert any("+1.000 per 100 steps" in line for line in lines)
+    assert training_statistics_markdown(rising[:4]) == [] and reward_trend(rising[:2]) is None

@@ -162,7 +162,8 @@ def _cmd_results_add(args) -> None:
     from prlm.results import add_record
 
     folder = add_record(args.run, args.results, args.data_name, args.method, args.selected_on, args.command,
-                        recipe=args.recipe, train_summary=args.train_summary, compare_to=args.compare_to)
+                        recipe=args.recipe, train_summary=args.train_summary, compare_to=args.compare_to,
+                        selection=args.selection)
     print(f"kept the record of {args.run} in {folder}/ (predictions.jsonl.gz, summary.json); "
           "regenerate the docs with `prlm report`")
 
@@ -332,6 +333,8 @@ def _add_results_commands(sub) -> None:
     p.add_argument("--selected-on", required=True, choices=("dev", "fixed in advance"),
                    help="how the recipe and checkpoint were chosen: on dev, or fixed before any evaluation")
     p.add_argument("--command", required=True, help="the command that reproduces the run")
+    p.add_argument("--selection", default="", help="with --selected-on dev (required then): what was chosen on dev "
+                                                   "and from which dev measurement")
     p.add_argument("--recipe", default="", help="the recipe's config file, e.g. configs/commit-subject.yaml")
     p.add_argument("--train-summary", default=None, help="train_summary.json of the model's training run")
     p.add_argument("--compare-to", action="append", default=[], metavar="METHOD",

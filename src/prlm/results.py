@@ -59,13 +59,20 @@ def record_dir(root: str | Path, data: str, split: str, method: str) -> Path:
 
 
 def add_record(run: str | Path, root: str | Path, data: str, method: str, selected_on: str, command: str,
-               recipe: str = "", train_summary: str | Path | None = None, compare_to: Sequence[str] = ()) -> Path:
+               recipe: str = "", train_summary: str | Path | None = None, compare_to: Sequence[str] = (),
+               selection: str = "") -> Path:
     """Keep the compact record of run folder `run` as `root/data/split/method/`; returns that folder.
+
+    `selection`: with selected_on 'dev', what was chosen on dev and from which measurement (required then:
+    "chosen on dev" that names no choice cannot be checked by a reader).
 
     `compare_to`: methods this one is compared against in the report (B = this, A = each), beyond the
     standard pairs: the comparison an experiment was made for (an ablation against its own baseline)."""
     if selected_on not in SELECTED_ON:
         raise PrlmError(f"selected_on must be one of {', '.join(SELECTED_ON)}, got '{selected_on}'")
+    if selected_on == "dev" and not selection.strip():
+        raise PrlmError("a record chosen on dev says what was chosen and from which dev measurement: pass "
+                        "--selection '...' (e.g. 'the GRPO step count, 40, best on the dev curve of ...')")
     if not command.strip():
         raise PrlmError("a record needs the command that reproduces its run: pass --command '...'")
     summary, rows = load_run(run)
@@ -84,6 +91,8 @@ def add_record(run: str | Path, root: str | Path, data: str, method: str, select
         "eval_wall_time_s": summary.get("wall_time_s"), "finished": summary.get("finished"),
         "training": _training_facts(training) if training else None,
     }
+    if selection:
+        record["selection"] = selection  # absent otherwise, as compare_to
     if compare_to:
         record["compare_to"] = list(compare_to)  # absent otherwise: older records stay byte-identical
     folder.mkdir(parents=True, exist_ok=True)
@@ -301,7 +310,7 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
                 lines += [f"| {r['b']} - {r['a']} | {r['metric']} | {r['a_score']:.4f} | {r['b_score']:.4f} | "
                           f"{r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] |" for r in pairs]
             lines += ["", "Commands:", ""]
-            lines += [f"- {method}: `{records[(data, split, method)][0]['command']}`" for method in methods]
+            lines += [_command_line(method, records[(data, split, method)][0]) for method in methods]
             lines.append("")
     if rm_rows:
         lines += ["### Reward model, held-out users", "",
@@ -311,6 +320,11 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
         lines += ["", "Commands:", ""] + sorted({f"- `{r['command']}`" for r in rm_rows if r.get("command")})
         lines.append("")
     return "\n".join(lines)
+
+
+def _command_line(method: str, summary: dict) -> str:
+    chosen = f" (chosen on dev: {summary['selection']})" if summary.get("selection") else ""
+    return f"- {method}: `{summary['command']}`{chosen}"
 
 
 def _w_pers(content: dict, side: str) -> str:
@@ -360,8 +374,57 @@ def curves_markdown(root: str | Path, curves: dict[tuple[str, str], list[dict]],
                 lines.append(f"| {row['step']}{mark} | {row['dev/rougeL']:.4f} | {moved} | "
                              f"{row['dev/format_rate']:.3f} | "
                              f"{row.get('dev/answer_words', float('nan')):.1f} | {mean} |")
+        lines += training_statistics_markdown(train)
         lines += ["", f"![learning curve of {name} on {data}]({curve_png(data, name)})", ""]
     return "\n".join(lines)
+
+
+TRAINING_STATISTICS = (("rewards/accuracy/mean", "accuracy reward", 3), ("reward_std", "within-group spread", 3),
+                       ("frac_reward_zero_std", "groups without spread", 2), ("entropy", "entropy", 3),
+                       ("completions/mean_length", "completion tokens", 1), ("rewards/format/mean", "format", 3))
+"""Step-log keys summarised per window of steps: (TRL's log key, column name, decimals)."""
+
+
+def training_statistics_markdown(train: list[dict]) -> list[str]:
+    """What GRPO saw while it trained, in five windows of steps, and the trend of the accuracy reward: whether
+    the training reward itself rose within the budget (a signal GRPO could follow) or only its noise moved."""
+    if len(train) < 5:
+        return []
+    window = -(-len(train) // 5)
+    keys = [(key, label, digits) for key, label, digits in TRAINING_STATISTICS if any(key in r for r in train)]
+    lines = ["", "Training statistics (means over the steps of each window; the spread is the standard deviation of "
+             "the weighted reward within a prompt's group, what GRPO's advantages are made of):", "",
+             "| steps | " + " | ".join(label for _, label, _ in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for start in range(0, len(train), window):
+        part = train[start:start + window]
+        cells = [_mean_cell([r[key] for r in part if key in r], digits) for key, _, digits in keys]
+        lines.append(f"| {part[0]['step']}-{part[-1]['step']} | " + " | ".join(cells) + " |")
+    trend = reward_trend(train)
+    if trend:
+        lines += ["", f"Accuracy reward against the step (least squares): {trend[0]:+.3f} per 100 steps, 95% "
+                      f"interval [{trend[1]:+.3f}, {trend[2]:+.3f}] (normal approximation; a step's reward is the "
+                      f"mean of its few prompts' groups, so it varies with which prompts were drawn)."]
+    return lines
+
+
+def _mean_cell(values: list[float], digits: int) -> str:
+    return f"{sum(values) / len(values):.{digits}f}" if values else "-"
+
+
+def reward_trend(train: list[dict], key: str = "rewards/accuracy/mean") -> tuple[float, float, float] | None:
+    """Least-squares slope of `key` against the step, per 100 steps, with a normal 95% interval; None with
+    fewer than three logged steps."""
+    points = [(r["step"], r[key]) for r in train if key in r]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+    residual = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in points) / (n - 2)
+    half = 1.96 * (residual / sxx) ** 0.5
+    return 100 * slope, 100 * (slope - half), 100 * (slope + half)
 
 
 def replace_section(text: str, body: str) -> str:

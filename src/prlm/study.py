@@ -356,8 +356,11 @@ def _results_stage(cfg: StudyConfig, methods: dict, evals: Path, command: str, r
 
         for name in methods:
             train_summary = Path(cfg.out) / "train" / "train_summary.json"
-            selected = "dev" if name == "prlm" and cfg.checkpoint == "dev-best" else "fixed in advance"
-            add_record(evals / name, "results", cfg.results_data, name, selected, command, recipe=recipe,
+            chosen = name == "prlm" and cfg.checkpoint == "dev-best"
+            selection = (f"the GRPO checkpoint best on the first {cfg.train.get('dev_eval_limit', 40)} dev questions "
+                         "(train/best.json)") if chosen else ""
+            add_record(evals / name, "results", cfg.results_data, name, "dev" if chosen else "fixed in advance",
+                       command, recipe=recipe, selection=selection,
                        train_summary=train_summary if name in trained and train_summary.is_file() else None)
     return Stage(f"results-{evals.name}", {"data": cfg.results_data, "command": command}, keep, deps=deps)
 
