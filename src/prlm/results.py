@@ -358,9 +358,10 @@ def curves_markdown(root: str | Path, curves: dict[tuple[str, str], list[dict]],
         moves = curve_differences(Path(root) / data / CURVES / name, samples)
         dev = [r for r in rows if "dev/rougeL" in r]
         train = [r for r in rows if "reward" in r]
-        lines += [f"### Learning curve: {name} on {data}", "",
-                  f"{len(train)} GRPO steps logged; greedy evaluations of the policy on a fixed subset of dev "
-                  "(the run's `dev_eval_limit`, in its train_config.json).", ""]
+        evaluated = ("greedy evaluations of the policy on a fixed subset of dev (the run's `dev_eval_limit`, in its "
+                     "train_config.json)." if dev else "no evaluation on dev during training (the run's "
+                     "`dev_eval_steps` was 0): the training statistics only.")
+        lines += [f"### Learning curve: {name} on {data}", "", f"{len(train)} GRPO steps logged; {evaluated}", ""]
         if dev:
             best = max(dev, key=lambda r: r["dev/rougeL"])
             lines += ["| step | dev ROUGE-L | minus step 0 [95% interval] | dev format rate | answer words | "

@@ -231,8 +231,11 @@ def plot_learning_curve(run: str | Path, png: str | Path | None = None) -> Path:
         top.plot(steps, [r["dev/format_rate"] for r in dev], "s--", label="dev format rate")
         best = max(dev, key=lambda r: r[SCORE_KEY])
         top.axvline(best["step"], color="grey", linestyle=":", label=f"dev-best step {best['step']}")
+        top.legend(loc="best", fontsize=8)
+    else:  # said on the figure, so an empty panel is not read as a run whose evaluations were lost
+        top.text(0.5, 0.5, "no dev evaluation during training (dev_eval_steps 0)", ha="center", va="center",
+                 transform=top.transAxes)
     top.set_ylabel("dev (greedy)")
-    top.legend(loc="best", fontsize=8)
     top.grid(alpha=0.3)
     if train:
         steps = [r["step"] for r in train]
