@@ -12,11 +12,11 @@
 #   - the GRPO step count, 40: the best step of the dev curve of configs/commit-subject.yaml
 #     (results/git-commit-subject/curves/prlm); prlm-rl-only gets the same count;
 #   - the sft step count, SFT_STEPS below: the best of 20, 40, 60 on the first 40 dev questions
-#     (runs/final/git-sft/dev_curve.jsonl; on git this script chooses it again, elsewhere it reuses it).
+#     (results/git-commit-subject/curves/sft/dev_curve.jsonl; on git this script chooses it again, elsewhere it reuses it).
 # Wall time at 2 torch threads on the 2-core CPU: about 1 h 45 min per dataset (docs/results.md has each run's).
 set -euo pipefail
 DATA=${1:?usage: bash results/reproduce-final.sh DATA   (git-commit-subject or three-projects-commit-subject)}
-SFT_STEPS=${SFT_STEPS:-60}  # the step count git's dev chose (see above); only read for other datasets
+SFT_STEPS=${SFT_STEPS:-60}  # the step count git's dev chose (20, 40 or 60; it chose 60): only read for other datasets
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} MKL_NUM_THREADS=${MKL_NUM_THREADS:-2} HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 RECIPE=configs/pers-commit-subject-w0.yaml
@@ -40,7 +40,7 @@ RL_ONLY=("${ON_DATA[@]}" --set train.sft_steps=0 --set train.grpo_questions=all 
          --set "out=$RL_OUT")
 SFT=("${SFT_CHOOSE[@]}" --out "$SFT_OUT")
 GRPO_CHOICE="the GRPO step count, 40: the best step of the git dev curve of configs/commit-subject.yaml (results/git-commit-subject/curves/prlm), one recipe for both datasets"
-SFT_CHOICE="the sft step count ($SFT_STEPS): the best of 20, 40 and 60 steps on the first 40 git dev questions (runs/final/git-sft/dev_curve.jsonl), one recipe for both datasets"
+SFT_CHOICE="the sft step count ($SFT_STEPS): the best of 20, 40 and 60 steps on the first 40 git dev questions (results/git-commit-subject/curves/sft/dev_curve.jsonl), one recipe for both datasets"
 
 # 1. warm-up + GRPO; the test split once (the dev evaluation is what `prlm run` without --final adds)
 prlm run "$RECIPE" "${STUDY[@]}" --final
@@ -61,6 +61,9 @@ prlm results add "$OUT/final-test/prlm" --data-name "$DATA" --method prlm-rl-onl
 
 # 3. the supervised baseline, its step count chosen on git dev
 prlm sft --config "$SFT_RECIPE" "${SFT[@]}"
+if [ "$DATA" = git-commit-subject ]; then  # the dev measurements that chose the step count, kept
+  mkdir -p "results/$DATA/curves/sft" && cp "$SFT_OUT/dev_curve.jsonl" "results/$DATA/curves/sft/"
+fi
 prlm eval --task commit-subject --data "$DATA_DIR" --split test --method rag --retriever bm25 --k 4 \
   --max-prompt-tokens 512 --max-new-tokens 32 --batch-size 8 --seed 0 --device cpu --backend hf \
   --model "$SFT_MODEL" --out "$SFT_OUT/test"
