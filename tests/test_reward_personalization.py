@@ -8,7 +8,8 @@ import pickle
 import pytest
 
 from prlm import PrlmError
-from prlm.reward.personalization import PersonalizationReward, degenerate_reason
+from prlm.reward.degenerate import degenerate_reason
+from prlm.reward.personalization import PersonalizationReward
 from test_reward_model import make_tiny_rm
 
 

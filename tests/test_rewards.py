@@ -42,3 +42,25 @@ def test_accuracy_metric_choice():
     assert only_l == [pytest.approx(1.0)]
     with pytest.raises(PrlmError, match="accuracy metrics"):
         AccuracyReward(metrics=["bleu"])
+
+
+# (completion after the "<think>" pre-fill, format reward with reject_degenerate): the tags are right in all
+PARROTED = " The user writes short subjects</think><answer>The user ... The text is about ...</answer>"
+DEGENERATE_CASES = [
+    (" terse user</think><answer>fix the parser crash</answer>", 1.0),
+    (PARROTED, 0.0),  # the format example of the prompt, copied (what prlm-rl-only learned)
+    (" r</think><answer>Reply with the subject line only.</answer>", 0.0),  # an instruction sentence
+    (" r</think><answer>...</answer>", 0.0),  # no letter or digit
+    (" r</think><answer>the user text for the subject line</answer>", 1.0),  # ordinary instruction words
+]
+
+
+@pytest.mark.parametrize("completion,fmt", DEGENERATE_CASES)
+def test_format_reward_can_reject_degenerate_answers(completion, fmt):
+    assert FormatReward(reject_degenerate=True)([""], [completion]) == [fmt]
+
+
+def test_format_reward_pays_for_the_tags_alone_by_default():
+    """Off by default: the recorded recipes were trained with a format term that pays a parroted answer."""
+    assert FormatReward()([""], [PARROTED]) == [1.0]
+    assert FormatReward()([""], [" r</think><answer>...</answer>"]) == [1.0]

@@ -356,3 +356,14 @@ def test_a_context_reward_model_gets_each_users_past_outputs(tiny_data, tmp_path
     assert reward_context_column(cfg, examples) is None
     assert reward_context_column(TrainConfig(task="synthetic", data=tiny_data, out="o", w_pers=0.0,
                                              report_to="none"), examples) is None
+
+
+@pytest.mark.parametrize("reject", [False, True])
+def test_the_format_term_rejects_degenerate_answers_when_configured(tiny_data, tmp_path, reject):
+    from prlm.training.grpo import reward_functions
+
+    cfg = TrainConfig(data=tiny_data, out=str(tmp_path / "o"), w_pers=0, format_rejects_degenerate=reject)
+    funcs, _ = reward_functions(cfg)
+    fmt = dict(zip([f.__name__ for f in funcs], funcs))["format"]
+    parroted = " r</think><answer>The user ... The text is about ...</answer>"
+    assert fmt([""], [parroted]) == [0.0 if reject else 1.0]

@@ -116,7 +116,7 @@ def judge_rows(model, predictions: Sequence[dict], questions: dict, k: int | Non
     """
     from prlm.data.tasks import get_task
     from prlm.retrieval import BM25Retriever
-    from prlm.reward.personalization import degenerate_reason
+    from prlm.reward.degenerate import degenerate_reason
     from prlm.reward.style_pairs import past_outputs_context
 
     if model.config.get("role") not in (None, "judge"):

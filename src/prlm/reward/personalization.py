@@ -12,19 +12,9 @@ per row, as ``prlm rm pairs`` writes them; ``context_key``).
 For each completion it extracts the final answer (``answers.parse_completion``,
 method ``prlm`` with the ``<think>`` pre-fill by default: only the answer is
 scored, never the reasoning), scores the (input, answer) pairs in batches and
-returns ``sigmoid(score)`` in (0, 1). Degenerate answers get ``penalty``
-instead (default 0.0, the bottom of the sigmoid's range):
-
-* an empty answer, or one without a letter or digit (``...``);
-* an answer whose first ``<answer>`` section (the one that is scored, as
-  ``parse_completion`` reads the first) still holds ``<think>``/``</think>``;
-* template parroting: an answer that equals a whole instruction of the
-  prompts (``prompts.instruction`` for every task and method), equals or
-  contains one of its template phrases (a sentence or line of three words or
-  more, e.g. "Reply with the subject line only." or the format example "The
-  user ... The text is about ..."), or copies six words or more of an
-  instruction in a row. Ordinary words of the instructions ("title", "text",
-  "user", "then", "the subject line") are not parroting: real outputs use them.
+returns ``sigmoid(score)`` in (0, 1). Degenerate answers (``reward.degenerate``: empty,
+no letter or digit, ``<think>`` inside the answer, or parroting the prompt's template) get ``penalty``
+instead (default 0.0, the bottom of the sigmoid's range).
 
 The penalty for empty answers. The authors give an empty answer -10 before
 weighting (-1 after their 0.1 weight). We keep 0.0 by default, the bottom of
@@ -44,82 +34,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from prlm import PrlmError
-from prlm.answers import REASONING_METHOD, THINK_PREFILL, assistant_text, first_answer_section, parse_completion
+from prlm.answers import REASONING_METHOD, THINK_PREFILL
 from prlm.options import opt
+from prlm.reward.degenerate import completion_answer, degenerate_reason
 
 DEFAULT_NAME = "personalization"
-
-
-@lru_cache(maxsize=1)
-def _instruction_texts() -> tuple[str, ...]:
-    """Every instruction a prompt of this project ends with, normalized."""
-    from prlm.data.tasks import TASKS
-    from prlm.prompts import PROMPT_METHODS, instruction
-
-    texts = {_normalize(instruction(task, method)) for task in TASKS.values() for method in PROMPT_METHODS}
-    return tuple(sorted(texts))
-
-
-MIN_PHRASE_WORDS = 3  # a template phrase: a sentence or line of an instruction with at least this many words
-MIN_COPIED_WORDS = 6  # this many words of an instruction in a row is a copy, not a coincidence
-
-
-@lru_cache(maxsize=1)
-def _template_phrases() -> tuple[str, ...]:
-    """The sentences and lines of the instructions (tags removed) long enough to be a clear template phrase."""
-    phrases = set()
-    for text in _instruction_texts():
-        for part in re.split(r"(?<=[.:!?])\s+|\n|</?\w+>", text):
-            words = _words(part)
-            if len(words) >= MIN_PHRASE_WORDS:
-                phrases.add(" ".join(words))
-    return tuple(sorted(phrases))
-
-
-def _normalize(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case words and '...' ellipses, punctuation and tags dropped (so 'only.' matches 'only')."""
-    return re.findall(r"\.\.\.|[^\W_]+(?:['-][^\W_]+)*", re.sub(r"</?\w+>", " ", text.lower()))
-
-
-def parrots_instructions(answer: str) -> bool:
-    """Whether an answer copies the prompt's instructions rather than answering (see the module docstring)."""
-    words = _words(answer)
-    if not words:
-        return False
-    joined = f" {' '.join(words)} "
-    if any(" ".join(_words(text)) == joined.strip() for text in _instruction_texts()):
-        return True
-    if any(f" {phrase} " in joined for phrase in _template_phrases()):
-        return True
-    if len(words) >= MIN_COPIED_WORDS:
-        return any(joined in f" {' '.join(_words(text))} " for text in _instruction_texts())
-    return False
-
-
-def degenerate_reason(answer: str, raw_answer_section: str = "") -> str:
-    """Why an answer gets the penalty ('' when it is scored)."""
-    if not answer.strip():
-        return "empty"
-    if not re.search(r"[^\W_]", answer):
-        return "no letters or digits"
-    section = raw_answer_section.lower()
-    if "<think" in section or "</think" in section:
-        return "<think> inside the answer"
-    if parrots_instructions(answer):
-        return "parrots the prompt's instructions"
-    return ""
 
 
 class PersonalizationReward:
@@ -169,14 +94,8 @@ class PersonalizationReward:
         from prlm.data.tasks import get_task
 
         task = get_task(self.task) if self.task else None
-        answers, reasons = [], []
-        for completion in completions:
-            text = assistant_text(completion)
-            answer = parse_completion(text, self.method, task, prefill=self.prefill).answer
-            answers.append(answer)
-            # The raw section the answer came from: tags left in it are cleaned out of the answer.
-            section = (first_answer_section(self.prefill + text) or "") if self.method == REASONING_METHOD else ""
-            reasons.append(degenerate_reason(answer, section))
+        pairs = [completion_answer(c, self.method, task, self.prefill) for c in completions]
+        answers, reasons = [a for a, _ in pairs], [r for _, r in pairs]
         return answers, reasons
 
     def score_answers(self, inputs: Sequence[str], answers: Sequence[str], contexts: Sequence | None = None,

@@ -63,6 +63,9 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
     # rewards
     w_acc: float = opt(1.0, "Weight of the accuracy reward (ROUGE of the answer against the user's real output).")
     w_fmt: float = opt(0.1, "Weight of the format reward (<think>..</think><answer>..</answer>).")
+    format_rejects_degenerate: bool = opt(False, "The format reward also pays 0 for an answer in format that is "
+                                                 "degenerate: empty, without letters or digits, or parroting the "
+                                                 "prompt's template (reward.degenerate); off: the recipes' reward.")
     w_pers: float = opt(0.1, "Weight of the personalization reward model (needs reward_model).")
     accuracy_metrics: str = opt("rouge1,rouge2,rougeL", "Comma-separated ROUGE metrics summed by the accuracy reward.")
     normalize_rewards: bool = opt(False, "Scale each reward term to 0..1 before weighting (ROUGE sum / number of "

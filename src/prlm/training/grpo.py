@@ -107,7 +107,8 @@ def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
     from prlm.reward.accuracy import AccuracyReward
     from prlm.reward.format import FormatReward
 
-    funcs = [AccuracyReward(cfg.metric_list, normalize=cfg.normalize_rewards), FormatReward()]
+    funcs = [AccuracyReward(cfg.metric_list, normalize=cfg.normalize_rewards),
+             FormatReward(reject_degenerate=cfg.format_rejects_degenerate)]
     weights = [cfg.w_acc, cfg.w_fmt]
     if cfg.w_pers:
         from prlm.reward.personalization import PersonalizationReward
