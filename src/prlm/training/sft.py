@@ -45,6 +45,10 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
     epochs: float = opt(1.0, "Passes over the training questions (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Optimisation steps; 0 = run `epochs` passes.")
     batch_size: int = opt(8, "Examples per optimisation step.")
+    micro_batch: int = opt(0, "Examples per forward pass; gradient accumulation makes up batch_size (the same "
+                              "update, tested). 0 = batch_size in one pass, as the recorded sft runs were made. "
+                              "Smaller holds fewer full-vocabulary logits at once: 2 is what the GRPO warm-up uses "
+                              "for the same batch of 8 (sft_micro_batch).")
     learning_rate: float = opt(5e-5, "Learning rate (constant).")
     out: str = opt("", "Output folder: final/ (the tuned model), sft_summary.json, train_prompts.jsonl "
                        "(and best/, dev_curve.jsonl with dev_eval_steps).")
@@ -66,6 +70,9 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps < 0:
             raise PrlmError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            raise PrlmError(f"micro_batch must divide batch_size ({self.batch_size}) or be 0 (one pass), got "
+                            f"{self.micro_batch}; e.g. --micro-batch 2")
         if self.max_steps == 0 and self.epochs <= 0:
             raise PrlmError("set epochs > 0 or max_steps > 0 (how long to train)")
         if self.learning_rate <= 0:
@@ -136,10 +143,12 @@ def train_sft(cfg: SFTConfig) -> Path:
     # The eos token teaches the model to stop after the answer, as greedy evaluation needs.
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"] + tokenizer.eos_token}
                               for r in rows])
+    micro = cfg.micro_batch or cfg.batch_size
     args = TrlSFTConfig(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant", logging_steps=5, save_strategy="no", report_to=[], use_cpu=cfg.use_cpu,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
+        report_to=[], use_cpu=cfg.use_cpu,
         bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed, completion_only_loss=True,
         max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
         gradient_checkpointing=cfg.gradient_checkpointing,
