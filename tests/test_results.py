@@ -201,3 +201,32 @@ def test_training_statistics_show_what_grpo_saw_and_the_reward_trend():
     assert "| 1-2 | 0.515 | 0.200 | 0.400 |" in lines and "| 9-10 | 0.595 | 0.200 | 0.400 |" in lines
     assert any("+1.000 per 100 steps" in line for line in lines)
     assert training_statistics_markdown(rising[:4]) == [] and reward_trend(rising[:2]) is None
+
+
+def test_the_quote_of_the_warmup_reasoning_is_read_back():
+    from prlm.data import get_task
+    from prlm.training.grpo import quoted_past_output, warmup_completion
+
+    task = get_task("commit-subject")
+    past = 'doc: say "no" to the parser. Twice'  # quotes and a full stop inside the quoted subject
+    completion = warmup_completion(task, [{task.output_field: past}], "the new text", "fix it")
+    assert quoted_past_output(completion, task) == past
+    assert quoted_past_output(" The user writes short subjects</think><answer>x</answer>", task) is None
+
+
+def test_reasoning_use_measures_how_far_answers_follow_the_quote():
+    from prlm.results import reasoning_use_markdown, reasoning_use_rows
+
+    quote = "parser: fix the crash on empty input"
+    reasoning = f' The user\'s closest past subject line: "{quote}". The new text is about: x</think>'
+    copying = [{"answer": quote, "gold": "docs: mention windows",
+                "completion": reasoning + f"<answer>{quote}</answer>"},
+               {"answer": "", "gold": "docs: more", "completion": reasoning + "<answer></answer>"}]
+    unquoted = [{"answer": "a", "gold": "b", "completion": " plain</think><answer>a</answer>"}]
+    summary = {"eval_config": {"task": "commit-subject"}}
+    records = {("d", "dev", "prlm"): (summary, copying), ("d", "dev", "prlm-rl-only"): (summary, unquoted)}
+    rows = reasoning_use_rows(records)
+    assert [(r["method"], r["n"], r["quoting"]) for r in rows] == [("prlm", 2, 1.0)]  # no quote: no row
+    assert rows[0]["answer_to_quote"] == pytest.approx(1.0)  # the empty answer is left out of the means
+    assert rows[0]["gold_to_quote"] == pytest.approx(0.0) and rows[0]["answer_to_gold"] == pytest.approx(0.0)
+    assert "| d | dev | prlm | 2 | 1.00 | 1.000 | 0.000 | 0.000 |" in reasoning_use_markdown(rows)

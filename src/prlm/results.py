@@ -322,6 +322,54 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
     return "\n".join(lines)
 
 
+def reasoning_use_rows(records: dict) -> list[dict]:
+    """Per record whose completions reason as the warm-up taught: how far its answers follow the past output
+    their reasoning quotes (`training.grpo.CLOSEST_PAST`). ROUGE-L of answer and quote against ROUGE-L of
+    the user's real output and the same quote: an answer that resembles the quote more than the real output
+    does leans on the cited example; one that resembles it less ignores what it reasoned about."""
+    from prlm.data import get_task
+    from prlm.evaluation import rouge
+    from prlm.training.grpo import quoted_past_output
+
+    rows = []
+    order = sorted(records, key=lambda key: (key[0], key[1], method_order({m for *_, m in records}).index(key[2])))
+    for data, split, method in order:
+        summary, predictions = records[(data, split, method)]
+        task = get_task(summary.get("eval_config", {}).get("task", "commit-subject"))
+        quoted = [(r, quoted_past_output(r.get("completion") or "", task)) for r in predictions]
+        quoted = [(r, q) for r, q in quoted if q]
+        if not quoted:
+            continue
+        answered = [(r, q) for r, q in quoted if r["answer"].strip()]
+        rows.append(dict(
+            data=data, split=split, method=method, n=len(predictions), quoting=len(quoted) / len(predictions),
+            answer_to_quote=_mean([rouge(r["answer"], q)["rougeL"] for r, q in answered]),
+            gold_to_quote=_mean([rouge(r["gold"], q)["rougeL"] for r, q in answered]),
+            answer_to_gold=_mean([rouge(r["answer"], r["gold"])["rougeL"] for r, q in answered])))
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def reasoning_use_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["### Does the answer follow its reasoning?", "",
+             "Records whose reasoning quotes a past output as the warm-up taught (\"The user's closest past "
+             "... : \"...\"\"). ROUGE-L over the questions with a quote and an answer: answer against the quote, "
+             "the user's real output against the same quote, and answer against the real output. Where the "
+             "answers resemble the quote more than the real outputs do, the policy leans on the cited example; "
+             "computed from the records' completions.", "",
+             "| data | split | method | n | reasoning quotes a past output | answer ~ quote | real output ~ quote "
+             "| answer ~ real output |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['data']} | {r['split']} | {r['method']} | {r['n']} | {r['quoting']:.2f} | "
+              f"{_fmt(r['answer_to_quote'], 3)} | {_fmt(r['gold_to_quote'], 3)} | {_fmt(r['answer_to_gold'], 3)} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _command_line(method: str, summary: dict) -> str:
     chosen = f" (chosen on dev: {summary['selection']})" if summary.get("selection") else ""
     return f"- {method}: `{summary['command']}`{chosen}"
@@ -445,6 +493,7 @@ def render_report(root: str | Path, markdown: str, samples: int = BOOTSTRAP_SAMP
     body = records_markdown(records, summary["comparisons"], summary["reward_model"])
     if "personalization" in summary:
         body += "\n" + personalization_markdown(judge_compare_files(root))
+    body += "\n" + reasoning_use_markdown(reasoning_use_rows(records))
     body += "\n" + curves_markdown(root, load_curves(root), samples)
     return json.dumps(summary, indent=2, ensure_ascii=False) + "\n", replace_section(markdown, body)
 

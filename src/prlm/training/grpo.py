@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import time
 from pathlib import Path
 
@@ -24,16 +25,30 @@ from prlm.training.config import TrainConfig
 LOG_NAME = "train_log.jsonl"
 
 
+# The warm-up's reasoning quotes the user's closest past output in this sentence; `quoted_past_output` reads it
+# back, to measure how far the answers follow what their reasoning cites (the report's reasoning table).
+CLOSEST_PAST = 'The user\'s closest past {name}: "{output}".'
+
+
 def warmup_completion(task, entries, query: str, gold: str) -> str:
     """A short reasoning trace for the supervised warm-up, built from the data
     alone: the user's most relevant past output and what the new text is about.
     Kept short so that reasoning and answer fit the completion budget."""
     about = " ".join(task.query(query).split()[:8])
     if entries:
-        closest = f'The user\'s closest past {task.output_name}: "{entries[0][task.output_field]}".'
+        closest = CLOSEST_PAST.format(name=task.output_name, output=entries[0][task.output_field])
     else:
         closest = f"No past {task.output_name}s are given."
     return reply_after_prefill(f" {closest} The new text is about: {about}", gold)
+
+
+def quoted_past_output(completion: str, task) -> str | None:
+    """The past output a completion's reasoning quotes in the warm-up's sentence (`CLOSEST_PAST`), or None
+    when the reasoning holds no such quote. The quote ends at the first `".` that ends a sentence."""
+    head, _, tail = CLOSEST_PAST.partition("{output}")
+    opening = re.escape(head.format(name=task.output_name))
+    match = re.search(opening + r'(.*?)' + re.escape(tail) + r'(?:\s|<|$)', completion, flags=re.DOTALL)
+    return match.group(1) if match else None
 
 
 def in_warmup_share(question_id: str, share: float) -> bool:
