@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from bench import generation, retrieval, reward_model
+from bench import generation, retrieval, reward_model, sft
 from bench.common import BenchError, choose_sizes, comparison, load_examples, measurement
 from bench.report import QUICK_BANNER, render_markdown
 from bench.run import build_parser, main, present_sections
@@ -52,6 +52,14 @@ def test_report_marks_quick_runs_and_absent_or_failed_sections():
     assert "`bench/grpo.py` does not exist yet" in text and "**Failed:** `Boom: no`" in text
 
 
+def test_sft_quick_run_times_both_sides_with_a_tiny_model(tiny_llama_dir):
+    result = sft.run(True, _args("--sft-policy", tiny_llama_dir, "--repeats", "1"))
+    (step,) = result["comparisons"]
+    _assert_comparison(step)
+    assert "micro_batch 0" in step["baseline"]["label"] and "micro-batches of 1" in step["candidate"]["label"]
+    assert result["sizes"]["steps_timed"] == 1
+
+
 @pytest.mark.slow
 def test_retrieval_quick_run_checks_top_k_against_rank_bm25():
     result = retrieval.run(True, _args("--bm25-users", "2", "--dense-users", "0"))
@@ -93,5 +101,5 @@ def test_runner_writes_markdown_and_json(tmp_path):
 
 
 def test_every_size_has_a_quick_default_and_a_help_text():
-    for section in (retrieval, generation, reward_model):
+    for section in (retrieval, generation, reward_model, sft):
         assert section.FULL.keys() == section.QUICK.keys() == section.HELP.keys()

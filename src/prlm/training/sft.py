@@ -121,13 +121,31 @@ def _dev_summary(callbacks: list) -> dict:
                           for r in curve.log.rows]}
 
 
-def train_sft(cfg: SFTConfig) -> Path:
-    """Fine-tune and save `out/final` (and `out/best` with dev_eval_steps); returns `out/final`.
-    A finished run is not redone."""
+def sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], callbacks=()):
+    """TRL's SFTTrainer for `rows` (from `sft_rows`), as `train_sft` runs it (the benchmark times its steps)."""
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
+    # The eos token teaches the model to stop after the answer, as greedy evaluation needs.
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"] + tokenizer.eos_token}
+                              for r in rows])
+    micro = cfg.micro_batch or cfg.batch_size
+    args = TrlSFTConfig(
+        output_dir=str(Path(cfg.out) / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
+        report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed, completion_only_loss=True,
+        max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                      callbacks=list(callbacks))
+
+
+def train_sft(cfg: SFTConfig) -> Path:
+    """Fine-tune and save `out/final` (and `out/best` with dev_eval_steps); returns `out/final`.
+    A finished run is not redone."""
     from prlm.models import load_policy
 
     out, final = Path(cfg.out), Path(cfg.out) / "final"
@@ -140,21 +158,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         raise PrlmError(f"no training questions in split '{cfg.split}' of '{cfg.data}'")
     atomic_write_jsonl(out / "train_prompts.jsonl", rows)
     callbacks = _dev_curve(cfg, tokenizer)
-    # The eos token teaches the model to stop after the answer, as greedy evaluation needs.
-    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"] + tokenizer.eos_token}
-                              for r in rows])
-    micro = cfg.micro_batch or cfg.batch_size
-    args = TrlSFTConfig(
-        output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
-        report_to=[], use_cpu=cfg.use_cpu,
-        bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed, completion_only_loss=True,
-        max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         callbacks=callbacks)
+    trainer = sft_trainer(cfg, model, tokenizer, rows, callbacks)
     result = trainer.train()
     trainer.model.save_pretrained(final)
     tokenizer.save_pretrained(final)
