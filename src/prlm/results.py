@@ -332,8 +332,8 @@ def reasoning_use_rows(records: dict) -> list[dict]:
     from prlm.training.grpo import quoted_past_output
 
     rows = []
-    order = sorted(records, key=lambda key: (key[0], key[1], method_order({m for *_, m in records}).index(key[2])))
-    for data, split, method in order:
+    methods = method_order({m for *_, m in records})
+    for data, split, method in sorted(records, key=lambda key: (key[0], key[1], methods.index(key[2]))):
         summary, predictions = records[(data, split, method)]
         task = get_task(summary.get("eval_config", {}).get("task", "commit-subject"))
         quoted = [(r, quoted_past_output(r.get("completion") or "", task)) for r in predictions]
