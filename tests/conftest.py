@@ -73,7 +73,7 @@ def tiny_llama_dir(tmp_path_factory, policy_tokenizer):
     return str(out)
 
 
-def make_peaked_llama(folder, tok) -> str:
+def make_peaked_llama(folder, tok, attention_heads: int = 2, kv_heads: int = 2) -> str:
     """A tiny llama whose outputs depend visibly on what it attends to and where; saved in `folder`.
 
     The random tiny model's next-token distributions are near-uniform and its
@@ -82,15 +82,16 @@ def make_peaked_llama(folder, tok) -> str:
     measured). Here the LM head is scaled up (peaked distributions) and the
     query/key projections too (attention that discriminates, so RoPE
     positions matter): the same defects move log-probs and entropies by 0.7
-    or more.
+    or more. `kv_heads` below `attention_heads` makes it grouped-query, as
+    SmolLM2 is (9 query heads over 3 key/value heads).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         num_attention_heads=attention_heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
@@ -109,6 +110,13 @@ def make_peaked_llama(folder, tok) -> str:
 def peaked_llama_dir(tmp_path_factory, policy_tokenizer):
     """A tiny llama whose outputs depend visibly on what it attends to (see `make_peaked_llama`), as a folder."""
     return make_peaked_llama(tmp_path_factory.mktemp("peaked_llama"), policy_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def peaked_gqa_llama_dir(tmp_path_factory, policy_tokenizer):
+    """`peaked_llama_dir` with grouped-query attention: 4 query heads over 2 key/value heads."""
+    return make_peaked_llama(tmp_path_factory.mktemp("peaked_gqa_llama"), policy_tokenizer, attention_heads=4,
+                             kv_heads=2)
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,9 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_logps_entropies_and_grads_equal_full_rows(peaked_llama_dir):
-    model, tok = load_policy(peaked_llama_dir)
+@pytest.mark.parametrize("policy", ["peaked_llama_dir", "peaked_gqa_llama_dir"])
+def test_logps_entropies_and_grads_equal_full_rows(policy, request):
+    model, tok = load_policy(request.getfixturevalue(policy))
     add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
     input_ids, mask = _batch(tok, PROMPTS, 3, 6)
     weights = torch.randn(input_ids.size(0), 6, generator=torch.Generator().manual_seed(1))

@@ -26,6 +26,8 @@ import torch
 from trl import GRPOTrainer
 from trl.kernels import ChunkedLogProbFunction
 
+from prlm.training.prefix_attention import GQA_SDPA_NAME, attention_implementation
+
 _LM_HEAD_CHUNK = 4096  # rows per LM-head tile: bounds the (rows x vocab) logits held at once
 
 
@@ -57,13 +59,15 @@ def prefix_shared_logps(causal_lm, input_ids: torch.Tensor, attention_mask: torc
     distinct, owner = torch.unique(prompt_part, dim=0, return_inverse=True)
     backbone = _backbone(causal_lm)
 
-    prompt_out = backbone(input_ids=distinct[:, :prompt_len], attention_mask=distinct[:, prompt_len:],
-                          use_cache=True)
-    cache = prompt_out.past_key_values
-    cache.batch_select_indices(owner)
-    # No position_ids: like TRL's pass, positions count from 0 over the padded row.
-    completion_out = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
-                              past_key_values=cache, use_cache=True)
+    # Key/value heads unrepeated in the attention kernel (see `sdpa_gqa`): same values, fewer copies.
+    with attention_implementation(causal_lm, GQA_SDPA_NAME, replacing=("sdpa",)):
+        prompt_out = backbone(input_ids=distinct[:, :prompt_len], attention_mask=distinct[:, prompt_len:],
+                              use_cache=True)
+        cache = prompt_out.past_key_values
+        cache.batch_select_indices(owner)
+        # No position_ids: like TRL's pass, positions count from 0 over the padded row.
+        completion_out = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
+                                  past_key_values=cache, use_cache=True)
 
     # Completion token j is predicted by the hidden state just before it.
     hidden = torch.cat([prompt_out.last_hidden_state[owner, -1:], completion_out.last_hidden_state[:, :-1]], dim=1)
