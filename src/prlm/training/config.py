@@ -83,6 +83,16 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
     stop_at_answer: bool = opt(True, "End each shared-prefix rollout right after `</answer>`, as evaluation does: no "
                                      "decoding step is spent on text the rewards never read (rollout 'trl' and vLLM "
                                      "run to EOS).")
+    sampling_copy: str = opt("off", "Sample the shared-prefix rollouts from a lighter copy of the policy, refreshed "
+                                    "after every optimizer step: 'off' (the policy itself), 'bf16' or 'int8'; the "
+                                    "loss corrects for the copy's distribution (sampling_correction). Needs the "
+                                    "prefix-shared log-prob pass and beta 0.")
+    sampling_correction: str = opt("token_truncate", "Importance weights policy / copy on each token's loss, as TRL "
+                                                     "weights vLLM's samples: token_truncate, token_mask, "
+                                                     "sequence_truncate, sequence_mask, or none (no correction).")
+    sampling_ratio_min: float = opt(0.0, "Lower bound of the importance weights (truncated up to it, or masked "
+                                         "below it).")
+    sampling_ratio_max: float = opt(3.0, "Upper bound of the importance weights (TRL's default for vLLM's).")
     prefix_sharing: str = opt("auto", "Log-prob passes that run each group's prompt once and score only completion "
                                       "tokens (same objective as TRL's, tested): 'auto' = on the CPU only (3x faster "
                                       "there; on a GPU at this size the extra pass costs more than it saves, measured "
@@ -105,6 +115,7 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
         check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
         check_choice("grpo_questions", self.grpo_questions, ("all", "unseen"))
+        self._check_sampling_copy()
         if not 0 < self.warmup_share <= 1:
             raise PrlmError(f"warmup_share must be in (0, 1], got {self.warmup_share}; e.g. --warmup-share 0.5")
         if self.grpo_questions == "unseen" and self.warmup_share >= 1:
@@ -148,6 +159,28 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
                             "(make installs it), or set report_to: none")
         if self.temperature <= 0:
             raise PrlmError("temperature must be > 0: GRPO needs diverse samples within a group")
+
+    def _check_sampling_copy(self) -> None:
+        from prlm.training.sampling_copy import CORRECTION_MODES, SAMPLING_COPIES
+
+        check_choice("sampling_copy", self.sampling_copy, SAMPLING_COPIES)
+        check_choice("sampling_correction", self.sampling_correction, CORRECTION_MODES)
+        if not 0 <= self.sampling_ratio_min < self.sampling_ratio_max:
+            raise PrlmError(f"need 0 <= sampling_ratio_min < sampling_ratio_max, got {self.sampling_ratio_min} and "
+                            f"{self.sampling_ratio_max}; e.g. --sampling-ratio-max 3")
+        if self.sampling_copy == "off":
+            return
+        if self.use_vllm or self.rollout != "shared-prefix" or not self.uses_prefix_sharing:
+            raise PrlmError(f"sampling_copy '{self.sampling_copy}' samples in the shared-prefix rollout and is "
+                            "corrected in the prefix-shared pass: use rollout: shared-prefix, prefix_sharing on/auto "
+                            "on the CPU and no vLLM, or sampling_copy: off")
+        if self.beta and self.sampling_correction != "none":
+            raise PrlmError("sampling_copy with a KL term (beta > 0) is not corrected exactly: set beta: 0 or "
+                            "sampling_copy: off")
+
+    @property
+    def corrects_sampling(self) -> bool:
+        return self.sampling_copy != "off" and self.sampling_correction != "none"
 
     def _check_warmup_share_of(self, earlier_config: Path) -> None:
         """'unseen' means unseen by *that* warm-up: its run must have split the questions the same way."""

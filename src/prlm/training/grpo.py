@@ -169,6 +169,10 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        # The lighter sampling copy's correction takes TRL's settings for vLLM's samples (sampling_copy.py).
+        vllm_importance_sampling_mode=cfg.sampling_correction if cfg.corrects_sampling else "token_truncate",
+        vllm_importance_sampling_clip_min=cfg.sampling_ratio_min,
+        vllm_importance_sampling_clip_max=cfg.sampling_ratio_max,
         report_to=[r for r in cfg.report_to.split(",") if r and r != "none"],
         remove_unused_columns=False,  # the rewards read the dataset's extra columns (gold, input, context)
         dataloader_num_workers=0,
@@ -283,7 +287,8 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
         from prlm.training.rollout import SharedPrefixRollout
 
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental by TRL
-        rollout_func = SharedPrefixRollout(stop_strings=(ANSWER_CLOSE,) if cfg.stop_at_answer else ())
+        rollout_func = SharedPrefixRollout(stop_strings=(ANSWER_CLOSE,) if cfg.stop_at_answer else (),
+                                           sampling_copy=cfg.sampling_copy)
     trainer_class = GRPOTrainer
     if cfg.uses_prefix_sharing:
         from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
@@ -291,9 +296,11 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
         trainer_class = PrefixSharingGRPOTrainer
     dataset = Dataset.from_list([{k: v for k, v in r.items() if k not in ("warmup_completion", "warmup")}
                                  for r in grpo_rows])
-    return trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
-                         callbacks=list(callbacks))
+    trainer = trainer_class(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
+                            processing_class=tokenizer, peft_config=peft_config, rollout_func=rollout_func,
+                            callbacks=list(callbacks))
+    trainer.sampling_correction = cfg.corrects_sampling
+    return trainer
 
 
 def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = (), retriever=None) -> Path:

@@ -27,6 +27,7 @@ from trl import GRPOTrainer
 from trl.kernels import ChunkedLogProbFunction
 
 from prlm.training.prefix_attention import GQA_SDPA_NAME, attention_implementation
+from prlm.training.sampling_copy import importance_weighted
 
 _LM_HEAD_CHUNK = 4096  # rows per LM-head tile: bounds the (rows x vocab) logits held at once
 
@@ -87,9 +88,17 @@ def prefix_shared_logps(causal_lm, input_ids: torch.Tensor, attention_mask: torc
 
 
 class PrefixSharingGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer with the prompt of each group computed once in the log-prob passes."""
+    """TRL's GRPOTrainer with the prompt of each group computed once in the log-prob passes.
+
+    With `sampling_correction` on (the rollout samples from a lighter copy of
+    the policy), the loss's log-prob pass also weights each token by the
+    importance ratio policy / copy, with TRL's modes and bounds
+    (`sampling_copy.importance_weighted`).
+    """
 
     prefix_sharing = True  # set False to run TRL's own pass (the equivalence test and the bench do)
+    sampling_correction = False  # set True by build_trainer when the rollout samples from a copy
+    _sampling_logps = None  # the copy's log-probs of the micro-batch whose loss is being computed
 
     def _prefix_sharing_applies(self, causal_lm, compute_aux_loss: bool, extra: dict) -> bool:
         return (self.prefix_sharing
@@ -100,8 +109,37 @@ class PrefixSharingGRPOTrainer(GRPOTrainer):
                 and not compute_aux_loss
                 and all(value is None for value in extra.values()))
 
+    def _compute_loss(self, model, inputs):
+        # TRL hands the rollout's log-probs to the loss as `sampling_per_token_logps`; keep them for the pass below.
+        self._sampling_logps = inputs.get("sampling_per_token_logps") if self.sampling_correction else None
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._sampling_logps = None
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **extra):
+        logps, entropies, aux = self._logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                          batch_size, compute_entropy, compute_aux_loss, **extra)
+        if self._sampling_logps is not None and torch.is_grad_enabled():
+            logps = self._importance_weighted(logps, attention_mask[:, -logits_to_keep:])
+        return logps, entropies, aux
+
+    def _importance_weighted(self, logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        args = self.args
+        logps, ratio = importance_weighted(logps, self._sampling_logps, completion_mask,
+                                           args.vllm_importance_sampling_mode, args.vllm_importance_sampling_clip_min,
+                                           args.vllm_importance_sampling_clip_max)
+        # TRL's metric names for the same weights on vLLM's samples.
+        ratio = ratio.expand_as(completion_mask)[completion_mask.bool()]
+        metrics = self._metrics["train"]
+        metrics["sampling/importance_sampling_ratio/min"].append(ratio.min().item())
+        metrics["sampling/importance_sampling_ratio/mean"].append(ratio.mean().item())
+        metrics["sampling/importance_sampling_ratio/max"].append(ratio.max().item())
+        return logps
+
+    def _logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                             compute_aux_loss, **extra):
         causal_lm = self.accelerator.unwrap_model(model)
         if hasattr(causal_lm, "get_base_model"):  # PEFT: LoRA layers live inside the base model's modules
             causal_lm = causal_lm.get_base_model()

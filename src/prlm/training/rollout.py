@@ -19,6 +19,7 @@ import weakref
 import torch
 
 from prlm.training.prefix_attention import ATTENTION_NAME, SharedPrefixKV, attention_implementation
+from prlm.training.sampling_copy import SamplingCopy
 
 
 def _group_consecutive(prompts: list) -> tuple[list, list[int]]:
@@ -172,22 +173,30 @@ def _tokens_holding(tokenizer, characters: frozenset, vocab_size: int) -> torch.
 
 
 class SharedPrefixRollout:
-    """TRL `rollout_func`: `(prompts, trainer) -> {prompt_ids, completion_ids, logprobs}`."""
+    """TRL `rollout_func`: `(prompts, trainer) -> {prompt_ids, completion_ids, logprobs}`.
 
-    def __init__(self, stop_strings: tuple[str, ...] = ()):
+    With `sampling_copy` ('bf16' or 'int8') the completions are sampled from
+    a lighter copy of the policy, refreshed after every optimizer step; the
+    log-probs returned are the copy's, which the trainer's loss corrects for
+    (`sampling_copy.importance_weighted`).
+    """
+
+    def __init__(self, stop_strings: tuple[str, ...] = (), sampling_copy: str = "off"):
         self.stop_strings = tuple(stop_strings)
+        self.copy = SamplingCopy(sampling_copy) if sampling_copy != "off" else None
 
     def __call__(self, prompts: list, trainer) -> dict:
         if not isinstance(prompts[0], str):
             raise TypeError("SharedPrefixRollout needs text prompts (prlm renders the chat template itself)")
         unique, counts = _group_consecutive(prompts)
         model = trainer.accelerator.unwrap_model(trainer.model)
+        sampler = model if self.copy is None else self.copy.of(model, trainer.state.global_step)
         was_training = model.training
         model.eval()
         args = trainer.args
         try:
             prompt_ids, completion_ids, logprobs = sample_shared_prefix(
-                model, trainer.processing_class, unique, counts, args.max_completion_length,
+                sampler, trainer.processing_class, unique, counts, args.max_completion_length,
                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or 0,
                 eos_token_ids=tuple(trainer.eos_token_ids), stop_strings=self.stop_strings,
             )
