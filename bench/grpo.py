@@ -65,7 +65,9 @@ def train_config(sizes: dict, data: str, side: str, out: str):
                        beta=sizes["grpo_beta"], temperature=0.9, learning_rate=5e-6, w_pers=0.0, sft_steps=0,
                        seed=0, report_to="none", out=out, max_steps=sizes["grpo_steps"], save_steps=10_000,
                        model=sizes["grpo_policy"], use_cpu=sizes["grpo_device"] == "cpu",
-                       bf16=sizes["grpo_device"] != "cpu", **SIDES[side])
+                       # the throughput section's lever side may turn these on; the recipe's CPU run has neither
+                       bf16=sizes.get("grpo_bf16", sizes["grpo_device"] != "cpu"),
+                       sampling_copy=sizes.get("grpo_sampling_copy", "off"), **SIDES[side])
 
 
 def run_side(side: str, sizes: dict, data: str) -> dict:

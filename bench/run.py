@@ -33,7 +33,7 @@ from pathlib import Path
 from bench.common import REPO_ROOT, BenchError, machine
 from bench.report import render_markdown
 
-SECTIONS = ("limits", "retrieval", "generation", "grpo", "reward_model", "sft")
+SECTIONS = ("limits", "retrieval", "generation", "grpo", "grpo_throughput", "reward_model", "sft")
 
 
 def present_sections() -> dict:

@@ -113,7 +113,10 @@ def test_importance_ratio_modes_by_hand():
 
 @pytest.mark.parametrize("kind", ["bf16", "int8"])
 def test_the_copy_follows_the_policy_after_each_step(tiny_llama_dir, kind):
+    from trl.trainer.utils import add_fused_lm_head
+
     model, tok = load_policy(tiny_llama_dir)
+    add_fused_lm_head(model)  # as TRL's trainer does: a forward that closes over the policy's own
     copy = SamplingCopy(kind)
     ids = tok(["hello there"], return_tensors="pt")["input_ids"]
 

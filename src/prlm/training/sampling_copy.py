@@ -56,8 +56,21 @@ class SamplingCopy:
         return self.model
 
 
-def _bf16_copy(policy):
+def _detached_copy(policy):
+    """A deep copy whose forward is its own.
+
+    TRL (`add_fused_lm_head`) and accelerate (mixed precision) replace a
+    model's `forward` by a closure over the original model's bound forward; a
+    deep copy keeps that closure, so the copy would run the policy itself.
+    Dropping the instance attribute restores the class's forward.
+    """
     model = copy.deepcopy(policy).eval()
+    model.__dict__.pop("forward", None)
+    return model
+
+
+def _bf16_copy(policy):
+    model = _detached_copy(policy)
     # Parameters only: buffers such as RoPE's inverse frequencies stay float32 (bfloat16 would shift positions).
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -66,7 +79,7 @@ def _bf16_copy(policy):
 
 
 def _int8_copy(policy):
-    model = copy.deepcopy(policy).eval()
+    model = _detached_copy(policy)
     if hasattr(model, "merge_and_unload"):  # PEFT: quantize the merged weights, not the adapters apart
         model = model.merge_and_unload()
     for parameter in model.parameters():
