@@ -42,12 +42,30 @@ def test_the_url_picks_the_store(database):
     s.close()
 
 
-def test_sqlite_wal_mode_and_schema(tmp_path):
+def test_sqlite_rollback_journal_and_schema(tmp_path):
     store = SQLiteProfileStore(tmp_path / "p.sqlite")
+    store.create_user("alice", "h")
     with sqlite3.connect(tmp_path / "p.sqlite") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # no WAL, so no -shm (issue 26)
     assert store.check() == "ok"
+    assert not (tmp_path / "p.sqlite-shm").exists() and not (tmp_path / "p.sqlite-wal").exists()
     store.close()
+
+
+def test_a_wal_database_is_switched_to_the_rollback_journal(tmp_path):
+    conn = sqlite3.connect(tmp_path / "p.sqlite")  # a database made by an earlier version: WAL, no token_issued
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE users (user_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, "
+                 "version INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL)")
+    conn.execute("INSERT INTO users VALUES ('alice', 'h', 0, '2024-01-01T00:00:00+00:00')")
+    conn.commit()
+    conn.close()
+    store = SQLiteProfileStore(tmp_path / "p.sqlite")
+    assert store.user_for_token_hash("h") == "alice"  # the token issued before the column existed still works
+    assert store.user_for_token_hash("h", issued_after="2025-01-01T00:00:00+00:00") is None
+    store.close()
+    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 
 
 def test_add_list_delete_bump_version(store):

@@ -45,14 +45,14 @@ def load_admin_token(token_file: str = "", what: str = "admin") -> str:
         if not token:
             raise PrlmError(f"no admin token: set {ADMIN_ENV} or pass --admin-token-file FILE "
                             f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))' > admin.token)")
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise PrlmError(f"the {what} token from {source} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a "
+                        "random one")
     if not TOKEN_CHARS.fullmatch(token):
         # A header carries printable ASCII: a token with anything else (a byte-order mark, a space, a second
         # line) could never be sent, and the server would start and then refuse its own admin.
         raise PrlmError(f"the {what} token from {source} holds a character other than printable ASCII "
                         "(a byte-order mark, a space or a second line?); write the token alone on one line")
-    if len(token) < MIN_ADMIN_TOKEN_CHARS:
-        raise PrlmError(f"the {what} token from {source} is shorter than {MIN_ADMIN_TOKEN_CHARS} characters; use a "
-                        "random one")
     if len(set(token)) < MIN_ADMIN_TOKEN_DISTINCT:
         raise PrlmError(f"the {what} token from {source} has only {len(set(token))} distinct characters; "
                         f"use a random one (python -c 'import secrets; print(secrets.token_urlsafe(32))')")
