@@ -169,7 +169,8 @@ def _now() -> str:
 def short_problem(rows: list[str], limit: int = 200) -> str:
     """An integrity check's findings as one short line: the first, whitespace folded, and how many more
     (SQLite's first row alone can run to many lines)."""
-    lines = [" ".join(part.split()) for row in rows for part in row.splitlines() if part.strip()]
+    lines = [" ".join(part.split()) for row in rows for part in row.splitlines()
+             if part.strip() and not part.startswith("***")]  # '*** in database main ***' is a heading
     if not lines:
         return "integrity check found a problem"
     first = lines[0] if len(lines[0]) <= limit else lines[0][:limit - 3] + "..."
