@@ -231,7 +231,9 @@ class SQLiteProfileStore(ProfileStore):
                 raise PrlmError(f"cannot open database '{self.path}': {err}") from None
             conn.execute("PRAGMA synchronous=EXTRA")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA secure_delete=ON")  # an erased user's text is overwritten, not left in free pages
+            # An erased user's text is overwritten, not left in free pages (Debian's SQLite does so by default;
+            # other builds do not).
+            conn.execute("PRAGMA secure_delete=ON")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             for pragma in self.pragmas:
                 conn.execute(f"PRAGMA {pragma}")
