@@ -175,3 +175,33 @@ def test_concurrent_writers_keep_the_limit(store):
         t.join()
     assert results.count("ok") == 5 and results.count(409) == 3
     assert len(store.list_entries("alice")) == 10 and store.version("alice") == 5
+
+
+def test_delete_user_leaves_nothing_of_theirs(store, database):
+    """Issue 26: erasure on both stores. Nothing with the user's id remains in any table."""
+    store.create_user("bob", "hash-b")
+    store.add_entries("alice", "synthetic", _entries("a", "b"), max_entries=10)
+    store.add_entries("bob", "synthetic", _entries("a"), max_entries=10)
+    assert store.delete_user("alice") == 2
+    assert not store.user_exists("alice") and store.user_for_token_hash("hash-a") is None
+    with pytest.raises(StoreError) as err:
+        store.delete_user("alice")
+    assert err.value.status == 404
+    assert [e["id"] for e in store.list_entries("bob")] == ["a"]  # another user's entries stay
+    if database.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            counts = [conn.execute(f"SELECT COUNT(*) FROM {t} WHERE user_id='alice'").fetchone()[0]
+                      for t in ("users", "entries")]
+    else:
+        with sqlite3.connect(database) as conn:
+            counts = [conn.execute(f"SELECT COUNT(*) FROM {t} WHERE user_id='alice'").fetchone()[0]
+                      for t in ("users", "entries")]
+        conn.close()
+    assert counts == [0, 0]
+
+
+def test_token_issued_after(store):
+    assert store.user_for_token_hash("hash-a", issued_after="2000-01-01T00:00:00+00:00") == "alice"
+    assert store.user_for_token_hash("hash-a", issued_after="2999-01-01T00:00:00+00:00") is None
