@@ -52,11 +52,14 @@ class ThreadedServer:
         head deadline, the connection cap, TLS), else uvicorn's defaults."""
         import uvicorn
 
-        from prlm.serving.app import uvicorn_options
         from prlm.serving.client import free_port
 
         self.port = free_port()
-        options = uvicorn_options(app.state.prlm.cfg) if listen else {}
+        options = {}
+        if listen:
+            from prlm.serving.app import uvicorn_options
+
+            options = uvicorn_options(app.state.prlm.cfg)
         options.update(host="127.0.0.1", port=self.port, log_level="warning")
         scheme = "https" if options.get("ssl_certfile") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -78,8 +81,8 @@ class ThreadedServer:
 
 
 class SlowEncoder:
-    """A stand-in sentence encoder: deterministic unit vectors, `seconds` per call (a real encoder's cost,
-    without its weights), and a record of every text it encoded."""
+    """A stand-in sentence encoder: deterministic unit vectors, `seconds` per text (a real encoder's cost,
+    without its weights), and a record of every text it encoded; `calls` counts calls as they start."""
 
     def __init__(self, seconds: float = 0.0):
         self.seconds, self.calls, self.encoded = seconds, 0, []
@@ -89,8 +92,8 @@ class SlowEncoder:
 
         import numpy as np
 
-        time.sleep(self.seconds)
         self.calls += 1
+        time.sleep(self.seconds * len(texts))
         self.encoded.extend(texts)
         out = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8).astype(np.float32) - 127.5
                for t in texts]

@@ -50,6 +50,25 @@ class IndexBuilding(Exception):
         self.remaining = remaining
 
 
+class FairLock:
+    """A lock taken in the order it was asked for. threading.Lock is not: a thread that releases it and asks
+    again at once (a build going from one chunk to the next) mostly gets it straight back."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._next_ticket = self._serving = 0
+
+    def __enter__(self):
+        with self._cond:
+            ticket, self._next_ticket = self._next_ticket, self._next_ticket + 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 class SharedEncoder:
     """The one sentence encoder all users' dense retrievers share, used by one thread at a time (its
     tokenizer is not safe across threads), a chunk of `chunk` texts per turn: a user whose index is
@@ -57,7 +76,7 @@ class SharedEncoder:
 
     def __init__(self, model, chunk: int = ENCODE_CHUNK):
         self.model, self.chunk = model, chunk
-        self._lock = threading.Lock()
+        self._lock = FairLock()
 
     def encode(self, texts, **kwargs):
         import numpy as np
