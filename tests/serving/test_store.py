@@ -45,8 +45,13 @@ def test_the_url_picks_the_store(database):
 def test_sqlite_rollback_journal_and_schema(tmp_path):
     store = SQLiteProfileStore(tmp_path / "p.sqlite")
     store.create_user("alice", "h")
-    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # no WAL, so no -shm (issue 26)
+    modes = []  # every connection, the one of each thread: no WAL, so no -shm (issue 26)
+    threads = [threading.Thread(target=lambda: modes.append(store._conn().execute("PRAGMA journal_mode").fetchone()))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+        t.join()
+    assert modes == [("truncate",), ("truncate",)]
     assert store.check() == "ok"
     assert not (tmp_path / "p.sqlite-shm").exists() and not (tmp_path / "p.sqlite-wal").exists()
     store.close()
@@ -64,8 +69,9 @@ def test_a_wal_database_is_switched_to_the_rollback_journal(tmp_path):
     assert store.user_for_token_hash("h") == "alice"  # the token issued before the column existed still works
     assert store.user_for_token_hash("h", issued_after="2025-01-01T00:00:00+00:00") is None
     store.close()
-    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn = sqlite3.connect(tmp_path / "p.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # WAL no more (a rollback journal)
+    conn.close()
 
 
 def test_add_list_delete_bump_version(store):

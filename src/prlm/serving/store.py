@@ -135,7 +135,7 @@ CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL
 _MIGRATIONS = (("users", "token_issued", "ALTER TABLE users ADD COLUMN token_issued TEXT"),)
 
 # No WAL: see SQLiteProfileStore.
-JOURNAL_MODE = "DELETE"
+JOURNAL_MODE = "TRUNCATE"
 
 # SQLite errors that say the database cannot serve now, whoever asks: 503 with the cause, not a 500.
 _UNAVAILABLE = ("readonly", "read-only", "disk is full", "disk i/o", "malformed", "not a database",
@@ -179,13 +179,14 @@ def short_problem(rows: list[str], limit: int = 200) -> str:
 
 
 class SQLiteProfileStore(ProfileStore):
-    """SQLite with a rollback journal and synchronous=EXTRA: a committed write survives a crash and a
-    power loss.
+    """SQLite with a rollback journal (TRUNCATE) and synchronous=FULL: a committed write survives a crash
+    and a power loss (in TRUNCATE mode FULL syncs the emptied journal, the commit point).
 
     Not WAL: WAL's index lives in a `-shm` file that every connection maps into memory, and a `-shm`
     that stops being writable (a full or failing file system, a truncated file) kills the process with
     SIGBUS, with no log line and no answer. A rollback journal needs no shared memory: every such fault is
-    an I/O error, answered 503. EXTRA syncs the folder after the journal is deleted, the commit point.
+    an I/O error, answered 503. The price: writers and readers take turns (about half WAL's write
+    throughput with 8 concurrent writers; docs/serving.md has the figures).
 
     One connection per thread (sqlite3 connections must not be shared across
     threads); writes take the write lock up front (BEGIN IMMEDIATE) so that two
@@ -207,7 +208,7 @@ class SQLiteProfileStore(ProfileStore):
         self._lock = threading.Lock()
         try:
             conn = self._conn()
-            mode = conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if mode.lower() != JOURNAL_MODE.lower() and self.path != ":memory:":
                 raise PrlmError(f"database '{self.path}' could not switch to journal mode {JOURNAL_MODE} (got "
                                 f"'{mode}'): is another process using it?")
@@ -229,7 +230,9 @@ class SQLiteProfileStore(ProfileStore):
                                        check_same_thread=False)  # close() runs on another thread
             except sqlite3.Error as err:
                 raise PrlmError(f"cannot open database '{self.path}': {err}") from None
-            conn.execute("PRAGMA synchronous=EXTRA")
+            # Per connection: only WAL is remembered by the file (an old WAL database is switched here).
+            conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
+            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             # An erased user's text is overwritten, not left in free pages (Debian's SQLite does so by default;
             # other builds do not).
