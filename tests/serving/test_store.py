@@ -1,5 +1,5 @@
 """The profile stores, SQLite and PostgreSQL, through one suite: atomic writes, versions, limits,
-durability across reopen; then what is particular to each (WAL for SQLite)."""
+durability across reopen; then what is particular to each (the journal for SQLite)."""
 
 from __future__ import annotations
 

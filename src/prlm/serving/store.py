@@ -185,7 +185,7 @@ class SQLiteProfileStore(ProfileStore):
     Not WAL: WAL's index lives in a `-shm` file that every connection maps into memory, and a `-shm`
     that stops being writable (a full or failing file system, a truncated file) kills the process with
     SIGBUS, with no log line and no answer. A rollback journal needs no shared memory: every such fault is
-    an I/O error, answered 503. The price: writers and readers take turns (about half WAL's write
+    an I/O error, answered 503. The price: writers and readers take turns (about two thirds of WAL's write
     throughput with 8 concurrent writers; docs/serving.md has the figures).
 
     One connection per thread (sqlite3 connections must not be shared across
