@@ -20,9 +20,10 @@ class ServeConfig:
     model: str = opt("auto", f"Policy: 'auto' (the trained PrLM checkpoint {TRAINED_DEFAULT} when it exists, "
                              f"else the base model {BASE_MODEL}), a local folder, a model name, or 'none' "
                              f"(profiles only: generate answers 503).")
-    db: str = opt("profiles.sqlite", "Database of users and profiles: a SQLite file (created when missing, rollback "
-                                     "journal, mode 0600) or a PostgreSQL URL postgresql://user@host:5432/dbname (for several "
-                                     "API processes or machines on one database).")
+    db: str = opt("profiles.sqlite", "Database of users and profiles: a SQLite file (created when missing, "
+                                     "rollback journal, mode 0600) or a PostgreSQL URL "
+                                     "postgresql://user@host:5432/dbname (for several API processes or machines on "
+                                     "one database).")
     host: str = opt("127.0.0.1", "Address to listen on.")
     port: int = opt(8000, "Port to listen on.")
     admin_token_file: str = opt("", "File holding the admin token (else env PRLM_ADMIN_TOKEN; there is no default).")
