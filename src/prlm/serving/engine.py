@@ -38,6 +38,8 @@ ENCODE_CHUNK = 16
 # Memory an index takes per byte of entry text, beyond the text itself: Python's objects for the entry
 # dicts and BM25's tokenised copies (measured: 2,000 entries of 8 KB took 128 MB, 8 bytes a byte).
 BYTES_PER_TEXT_BYTE = 8
+# One cached embedding: minilm's 384 float32 and the array and cache entry around them.
+BYTES_PER_EMBEDDING = 2048
 
 
 class IndexBuilding(Exception):
@@ -108,7 +110,8 @@ class _Index:
         """What this index holds in memory, estimated: its entries (and what BM25 derives from them) and
         its dense embeddings."""
         dense = self.retrievers.get("dense")
-        vectors = sum(v.nbytes for v in dense._cache.values()) if isinstance(dense, DenseRetriever) else 0
+        # len() only: another thread may be adding embeddings to this cache (under this index's lock).
+        vectors = len(dense._cache) * BYTES_PER_EMBEDDING if isinstance(dense, DenseRetriever) else 0
         return self.text_bytes * (1 + BYTES_PER_TEXT_BYTE) + vectors
 
 
