@@ -36,7 +36,7 @@ DENSE_QUERY_SLACK = 32
 # Texts the shared encoder embeds under its lock at a time: another user's query waits at most one chunk.
 ENCODE_CHUNK = 16
 # Memory an index takes per byte of entry text, beyond the text itself: Python's objects for the entry
-# dicts and BM25's tokenised copies (measured: 2,000 entries of 8 KB took 128 MB, 8 bytes a byte).
+# dicts and BM25's tokenised copies (issue 26's probe: 2,000 entries of 8 KB added 128 MB, 8 bytes a byte).
 BYTES_PER_TEXT_BYTE = 8
 # One cached embedding: minilm's 384 float32 and the array and cache entry around them.
 BYTES_PER_EMBEDDING = 2048
