@@ -198,7 +198,13 @@ def _cmd_serve(args) -> None:
                         "pip install 'prlm[serve]' (make installs it)") from err
     from prlm.serving.config import ServeConfig
 
-    serve(config_from_args(ServeConfig, args))
+    cfg = config_from_args(ServeConfig, args)
+    if args.action:
+        from prlm.serving import backup
+
+        print(backup.run(args.action, cfg.db, args.file))
+        return
+    serve(cfg)
 
 
 def _positive_int(text: str) -> int:
@@ -226,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prlm.serving.config import ServeConfig
 
     add_config_args(p, ServeConfig)
+    p.add_argument("action", nargs="?", choices=("backup", "restore"),
+                   help="instead of serving: copy the --db SQLite store to FILE (online), or fill a new --db from it")
+    p.add_argument("file", nargs="?", help="the backup file (with backup or restore)")
     p.set_defaults(func=_cmd_serve)
 
     from prlm.reward.cli import add_rm_commands

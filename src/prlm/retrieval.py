@@ -340,8 +340,12 @@ class DenseRetriever(Retriever):
         for text in [t for t in self._cache if t not in keep]:
             del self._cache[text]
 
+    def uncached(self, texts: Sequence[str]) -> list[str]:
+        """The distinct texts among `texts` that `embed` would have to encode."""
+        return [t for t in dict.fromkeys(texts) if t not in self._cache]
+
     def embed(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        missing = self.uncached(texts)
         found = {}
         if missing:
             vectors = self.model.encode(

@@ -47,14 +47,23 @@ def bearer(token: str) -> dict:
 class ThreadedServer:
     """uvicorn serving `app` on a free loopback port, on a thread of this process."""
 
-    def __init__(self, app):
+    def __init__(self, app, listen: bool = False):
+        """`listen`: with what `prlm serve` listens with (`uvicorn_options` of the app's config: the request
+        head deadline, the connection cap, TLS), else uvicorn's defaults."""
         import uvicorn
 
         from prlm.serving.client import free_port
 
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        options = {}
+        if listen:
+            from prlm.serving.app import uvicorn_options
+
+            options = uvicorn_options(app.state.prlm.cfg)
+        options.update(host="127.0.0.1", port=self.port, log_level="warning")
+        scheme = "https" if options.get("ssl_certfile") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -69,3 +78,23 @@ class ThreadedServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class SlowEncoder:
+    """A stand-in sentence encoder: deterministic unit vectors, `seconds` per text (a real encoder's cost,
+    without its weights), and a record of every text it encoded; `calls` counts calls as they start."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.calls, self.encoded = seconds, 0, []
+
+    def encode(self, texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False):
+        import hashlib
+
+        import numpy as np
+
+        self.calls += 1
+        time.sleep(self.seconds * len(texts))
+        self.encoded.extend(texts)
+        out = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8).astype(np.float32) - 127.5
+               for t in texts]
+        return np.stack([v / np.linalg.norm(v) for v in out]) if out else np.zeros((0, 32), np.float32)

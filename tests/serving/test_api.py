@@ -105,10 +105,9 @@ def test_generate_returns_answer_reasoning_hits_timings(server):
     assert [h["id"] for h in body["retrieved"]][0] == "a1"  # BM25: 'storm' and 'harbor' match a1 only
     assert len(body["retrieved"]) == 2 and body["retrieved"][0]["score"] > body["retrieved"][1]["score"]
     assert body["batch_size"] >= 1 and body["prompt_tokens"] > 0
-    # No per-stage timing that depends on the profile (retrieval time is a side channel): whole ms only.
-    assert set(body["timings"]) == {"queue_ms", "generation_ms", "total_ms"}
-    assert all(isinstance(v, int) for v in body["timings"].values())
-    assert body["timings"]["total_ms"] >= body["timings"]["generation_ms"]
+    # One whole-millisecond total (issue 26, point 4): with queue and generation times beside it, total minus
+    # the two gave retrieval time to the millisecond, a side channel on the profile and on other users.
+    assert set(body["timings"]) == {"total_ms"} and isinstance(body["timings"]["total_ms"], int)
     # Another retriever and k per request.
     r = client.post("/v1/users/alice/generate", headers=alice,
                     json={"task": TASK, "input": "anything", "retriever": "recency", "k": 3})

@@ -120,7 +120,9 @@ def test_dense_cache_is_a_bounded_lru():
     assert len(unbounded.cached_texts) == 50
 
 
-def test_profile_indexes_are_bounded_by_entries():
+def test_profile_indexes_are_bounded_by_bytes():
+    """Issue 26: the bound was a count of entries, whatever their size (2,000 entries of 8 KB took 128 MB;
+    the default 100,000 about 6 GB). Now it is the memory the indexes take, estimated."""
     from prlm.serving.engine import ProfileIndex
 
     class Store:
@@ -128,12 +130,18 @@ def test_profile_indexes_are_bounded_by_entries():
             return 1
 
         def snapshot(self, user_id, task):
-            return 1, [{"id": f"{user_id}{i}"} for i in range(10)]
+            size = 8000 if user_id == "big" else 10
+            return 1, [{"id": f"{user_id}{i}", "text": "x" * size} for i in range(10)]
 
-    index = ProfileIndex(Store(), capacity=100, max_entries=25)
-    for user in ("u1", "u2", "u3", "u4"):
+    index = ProfileIndex(Store(), capacity=100, max_bytes=500_000)
+    for user in ("u1", "u2", "big", "u3"):
         index.get(user, TASK)
-    assert [u for u in ("u1", "u2", "u3", "u4") if index.cached(u, TASK) is not None] == ["u3", "u4"]
+    # Ten 8 KB entries take about 720 KB with what is derived from them: over the bound on their own, so
+    # everything older than the newest index goes; small profiles fit many to the bound.
+    assert [u for u in ("u1", "u2", "big", "u3") if index.cached(u, TASK) is not None] == ["u3"]
+    for user in [f"s{i}" for i in range(50)]:
+        index.get(user, TASK)
+    assert all(index.cached(f"s{i}", TASK) is not None for i in range(50))
 
 
 # --- 2. metrics bounded whatever clients send -------------------------------------------------------
@@ -357,7 +365,7 @@ def test_database_files_are_private(tmp_path):
         store.create_user("alice", "h")
     finally:
         os.umask(old)
-    for name in ("p.sqlite", "p.sqlite-wal", "p.sqlite-shm"):
+    for name in ("p.sqlite", "p.sqlite-journal"):  # the rollback journal stays, emptied, between writes
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
     store.close()
 

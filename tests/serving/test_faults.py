@@ -85,6 +85,21 @@ def test_garbage_pages_fail_the_start_up_check(tmp_path, serve_main):
     _one_line_error(err, str(db), "integrity check")
 
 
+def test_a_damaged_tree_page_is_one_short_line(tmp_path, serve_main):
+    """Issue 26: SQLite's findings are a heading and a line each; they went out as they came, one message
+    of many lines. Now the first, and how many more."""
+    db = tmp_path / "p.sqlite"
+    _filled_db(db, 400)
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page * 5 + 8:page * 5 + 200] = b"\x55" * 192  # page 6's cell pointers: out of range
+    db.write_bytes(bytes(data))
+    code, err = serve_main("--db", str(db))
+    assert code == 2
+    _one_line_error(err, str(db), "integrity check", "On tree page 6", "more; PRAGMA integrity_check")
+    assert len(err) < 400, err
+
+
 def test_corrupt_database_at_run_time_is_503_with_the_cause(tmp_path, tiny_generator):
     from prlm.serving.app import create_app
     from prlm.serving.store import SQLiteProfileStore
@@ -224,3 +239,25 @@ def test_a_good_token_file_starts(tmp_path, serve_main):
     path = _token_file(tmp_path, b"  " + ADMIN.encode() + b"\n")
     with pytest.raises(StartedAnyway):
         serve_main("--db", str(tmp_path / "p.sqlite"), "--admin-token-file", str(path))
+
+
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbf" + ADMIN.encode() + b"\n",  # a byte-order mark (Notepad)
+                                     ADMIN.encode() + b"\nsecond-line\n",  # a second line
+                                     ADMIN.encode()[:20] + b" " + ADMIN.encode()[20:]])  # a space
+def test_token_file_with_a_bom_or_a_second_line_is_refused(tmp_path, serve_main, content):
+    """Issue 26: such a file started the server, and then every admin call was 401 (the token a client
+    can send never matched)."""
+    code, err = serve_main("--db", str(tmp_path / "p.sqlite"), "--admin-token-file",
+                           str(_token_file(tmp_path, content)))
+    assert code == 2
+    _one_line_error(err, "printable ASCII")
+
+
+def test_short_problem_folds_sqlites_findings():
+    from prlm.serving.store import short_problem
+
+    rows = ["*** in database main ***\nPage 5: btreeInitPage() returns error code 11\nOn tree page 3 cell 0: x",
+            "Page 7 is never used"]
+    assert short_problem(rows) == ("Page 5: btreeInitPage() returns error code 11 "
+                                   "(and 2 more; PRAGMA integrity_check lists them)")
+    assert len(short_problem(["x" * 1000])) == 200

@@ -86,3 +86,28 @@ def test_serve_refuses_an_unreachable_postgres(monkeypatch, capsys, postgres_clu
     assert main(["serve", "--model", "none", "--db", url]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot connect" in err[0]
+
+
+def test_unreachable_postgres_shows_in_readyz_at_once(postgres_url):
+    """Issue 26: a failed connection was known to /readyz only at the next periodic check (up to 5 s)."""
+    from fastapi.testclient import TestClient
+    from support import bearer, serve_config
+
+    from prlm.serving.app import create_app
+    from prlm.serving.client import free_port
+    from prlm.serving.pgstore import PostgresProfileStore
+
+    store = PostgresProfileStore(postgres_url, connect_timeout_s=2)
+    cfg = serve_config(postgres_url, model="none", ready_check_interval_s=3600)  # the periodic check: never
+    app = create_app(cfg, store, ADMIN, model_name="none")
+    with TestClient(app) as client:
+        token = client.post("/v1/users", json={"user_id": "alice"}, headers=bearer(ADMIN)).json()["token"]
+        assert client.get("/readyz").status_code == 200
+        store.close()
+        store.url = f"postgresql://postgres@127.0.0.1:{free_port()}/gone"  # the server went away
+        r = client.post("/v1/users/alice/entries", headers=bearer(token),
+                        json={"task": TASK, "entries": [entry("a", "t", "x")]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and any("cannot connect" in p for p in ready.json()["problems"]), ready.text
+    store.close()

@@ -1,5 +1,5 @@
 """The profile stores, SQLite and PostgreSQL, through one suite: atomic writes, versions, limits,
-durability across reopen; then what is particular to each (WAL for SQLite)."""
+durability across reopen; then what is particular to each (the journal for SQLite)."""
 
 from __future__ import annotations
 
@@ -42,12 +42,36 @@ def test_the_url_picks_the_store(database):
     s.close()
 
 
-def test_sqlite_wal_mode_and_schema(tmp_path):
+def test_sqlite_rollback_journal_and_schema(tmp_path):
     store = SQLiteProfileStore(tmp_path / "p.sqlite")
-    with sqlite3.connect(tmp_path / "p.sqlite") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.create_user("alice", "h")
+    modes = []  # every connection, the one of each thread: no WAL, so no -shm (issue 26)
+    threads = [threading.Thread(target=lambda: modes.append(store._conn().execute("PRAGMA journal_mode").fetchone()))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+        t.join()
+    assert modes == [("truncate",), ("truncate",)]
     assert store.check() == "ok"
+    assert not (tmp_path / "p.sqlite-shm").exists() and not (tmp_path / "p.sqlite-wal").exists()
     store.close()
+
+
+def test_a_wal_database_is_switched_to_the_rollback_journal(tmp_path):
+    conn = sqlite3.connect(tmp_path / "p.sqlite")  # a database made by an earlier version: WAL, no token_issued
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE users (user_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, "
+                 "version INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL)")
+    conn.execute("INSERT INTO users VALUES ('alice', 'h', 0, '2024-01-01T00:00:00+00:00')")
+    conn.commit()
+    conn.close()
+    store = SQLiteProfileStore(tmp_path / "p.sqlite")
+    assert store.user_for_token_hash("h") == "alice"  # the token issued before the column existed still works
+    assert store.user_for_token_hash("h", issued_after="2025-01-01T00:00:00+00:00") is None
+    store.close()
+    conn = sqlite3.connect(tmp_path / "p.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # WAL no more (a rollback journal)
+    conn.close()
 
 
 def test_add_list_delete_bump_version(store):
@@ -157,3 +181,33 @@ def test_concurrent_writers_keep_the_limit(store):
         t.join()
     assert results.count("ok") == 5 and results.count(409) == 3
     assert len(store.list_entries("alice")) == 10 and store.version("alice") == 5
+
+
+def test_delete_user_leaves_nothing_of_theirs(store, database):
+    """Issue 26: erasure on both stores. Nothing with the user's id remains in any table."""
+    store.create_user("bob", "hash-b")
+    store.add_entries("alice", "synthetic", _entries("a", "b"), max_entries=10)
+    store.add_entries("bob", "synthetic", _entries("a"), max_entries=10)
+    assert store.delete_user("alice") == 2
+    assert not store.user_exists("alice") and store.user_for_token_hash("hash-a") is None
+    with pytest.raises(StoreError) as err:
+        store.delete_user("alice")
+    assert err.value.status == 404
+    assert [e["id"] for e in store.list_entries("bob")] == ["a"]  # another user's entries stay
+    if database.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(database) as conn:
+            counts = [conn.execute(f"SELECT COUNT(*) FROM {t} WHERE user_id='alice'").fetchone()[0]
+                      for t in ("users", "entries")]
+    else:
+        with sqlite3.connect(database) as conn:
+            counts = [conn.execute(f"SELECT COUNT(*) FROM {t} WHERE user_id='alice'").fetchone()[0]
+                      for t in ("users", "entries")]
+        conn.close()
+    assert counts == [0, 0]
+
+
+def test_token_issued_after(store):
+    assert store.user_for_token_hash("hash-a", issued_after="2000-01-01T00:00:00+00:00") == "alice"
+    assert store.user_for_token_hash("hash-a", issued_after="2999-01-01T00:00:00+00:00") is None

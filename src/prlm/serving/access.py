@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prlm import PrlmError
 from prlm.data.tasks import get_task
+from prlm.serving.middleware import client_host
 from prlm.serving.schemas import USER_ID_PATTERN, normal_user_id
 from prlm.serving.state import Principal, ServerState
 
@@ -31,19 +32,34 @@ def principal(request: Request, _cred: HTTPAuthorizationCredentials | None = Dep
     return found
 
 
-def admin(p: Principal = Depends(principal)) -> Principal:
+def admin(request: Request, p: Principal = Depends(principal)) -> Principal:
     if p.role != "admin":
-        raise HTTPException(403, "this needs the admin token")
+        _deny(request, p, None, "this needs the admin token")
     return p
 
 
-def owner(user_id: str = PathParam(pattern=USER_ID_PATTERN), p: Principal = Depends(principal)) -> str:
-    if p.role == "admin":
-        raise HTTPException(403, "the admin token does not read or write profiles; use the user's token")
+def owner(request: Request, user_id: str = PathParam(pattern=USER_ID_PATTERN),
+          p: Principal = Depends(principal)) -> str:
     user_id = normal_user_id(user_id)
+    if p.role == "admin":
+        _deny(request, p, user_id, "the admin token does not read or write profiles; use the user's token")
     if p.user_id != user_id:
-        raise HTTPException(403, "a user token reaches only its own user id")
+        _deny(request, p, user_id, "a user token reaches only its own user id")
     return user_id
+
+
+def _deny(request: Request, p: Principal, target: str | None, detail: str):
+    """403, and a line in the audit log: who tried to reach what."""
+    state: ServerState = request.app.state.prlm
+    state.audit.record("access.denied", p.user_id or p.role, target=target, status=403,
+                       client=client_host(request.scope), detail=f"{request.method} {route_path(request)}")
+    raise HTTPException(403, detail)
+
+
+def route_path(request: Request) -> str:
+    """The matched route's template, never the raw path (a client cannot write lines into the log)."""
+    route = request.scope.get("route")
+    return route.path if route is not None else "unmatched"
 
 
 def task_or_422(name: str):

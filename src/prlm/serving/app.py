@@ -8,6 +8,7 @@ middleware (metrics, security headers, body limit, authentication) in `middlewar
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from contextlib import asynccontextmanager
 from functools import partial
@@ -21,6 +22,7 @@ from prlm.serving.auth import Authenticator
 from prlm.serving.config import NO_MODEL, ServeConfig
 from prlm.serving.errors import add_error_handlers
 from prlm.serving.middleware import Authenticate, BodyLimit, Measure, page_csp, route_template
+from prlm.serving.protocol import header_timeout_protocol
 from prlm.serving.routes import ROUTERS
 from prlm.serving.routes.page import load_page
 from prlm.serving.schemas import SafeJSONResponse
@@ -39,12 +41,14 @@ async def _lifespan(app: FastAPI):
         threading.Thread(target=state.load_model, name="prlm-load-model", daemon=True).start()
     yield
     await state.batcher.stop()
+    state.audit.close()
 
 
 def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generator=None, tokenizer=None,
                model_name: str | None = None) -> FastAPI:
     """The app; with `generator` and `tokenizer` given it is ready at once, else the model loads at start-up."""
-    state = ServerState(cfg, store, Authenticator(admin_token, store), model_name or cfg.resolved_model())
+    authenticator = Authenticator(admin_token, store, token_ttl_s=cfg.token_ttl_days * 86400)
+    state = ServerState(cfg, store, authenticator, model_name or cfg.resolved_model())
     if generator is not None:
         state.set_generator(generator, tokenizer)
     # The docs UI loads scripts from a CDN; the schema is /openapi.json.
@@ -65,7 +69,7 @@ def create_app(cfg: ServeConfig, store: ProfileStore, admin_token: str, generato
     app.add_middleware(Authenticate, state=state)
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
     app.add_middleware(Measure, metrics=state.metrics, route_of=partial(route_template, routes),
-                       page_csp=page_csp(app.state.page))
+                       page_csp=page_csp(app.state.page), hsts=bool(cfg.tls_cert))
     return app
 
 
@@ -90,8 +94,20 @@ def serve(cfg: ServeConfig) -> None:
     log.info("profiles in %s; %s", store.describe(), "no model: generate answers 503" if model == NO_MODEL
              else f"model '{model}' loads in the background (/readyz says when it is ready)")
     app = create_app(cfg, store, admin_token, model_name=model)
+    # SIGHUP rereads the admin token file (uvicorn handles only SIGINT and SIGTERM).
+    signal.signal(signal.SIGHUP, lambda *_: app.state.prlm.reload_admin_token())
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
-                    timeout_keep_alive=cfg.keep_alive_s)
+        uvicorn.run(app, **uvicorn_options(cfg))
     finally:
         store.close()
+
+
+def uvicorn_options(cfg: ServeConfig) -> dict:
+    """How `prlm serve` listens: slow clients cut (request head deadline, idle keep-alive, connection cap),
+    TLS when a certificate is given."""
+    options = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
+                   timeout_keep_alive=cfg.keep_alive_s, http=header_timeout_protocol(cfg.header_timeout_s),
+                   limit_concurrency=cfg.max_connections)
+    if cfg.tls_cert:
+        options.update(ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)
+    return options

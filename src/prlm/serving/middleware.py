@@ -30,8 +30,9 @@ class Measure:
     once with its traceback and answered 500 here (nothing outside re-raises it).
     """
 
-    def __init__(self, app, metrics: Metrics, route_of: Callable[[dict], str], page_csp: str):
+    def __init__(self, app, metrics: Metrics, route_of: Callable[[dict], str], page_csp: str, hsts: bool = False):
         self.app, self.metrics, self.route_of, self.page_csp = app, metrics, route_of, page_csp
+        self.extra = [HSTS] if hsts else []
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -51,7 +52,7 @@ class Measure:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message = {**message, "headers": _with_security_headers(message.get("headers", []), scope["path"],
-                                                                          self.page_csp)}
+                                                                          self.page_csp) + self.extra}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 complete = True
             await send(message)
@@ -99,6 +100,8 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
+# Served over TLS (--tls-cert): browsers keep to HTTPS for this host for a year.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
@@ -207,9 +210,26 @@ class Authenticate:
         except StoreError as err:  # e.g. the database is unreadable: 503 with the cause
             return await _send_json(send, err.status, str(err), headers=_retry_after(err))
         if ident is None:
-            return await _send_401(send, "unknown or revoked token")
-        scope.setdefault("state", {})["principal"] = Principal(*ident)
-        return await self.app(scope, receive, send)
+            self.state.audit.record("auth.refused", "anonymous", status=401, client=client_host(scope))
+            return await _send_401(send, "unknown, expired or revoked token")
+        who = Principal(*ident)
+        scope.setdefault("state", {})["principal"] = who
+        if who.user_id is None:  # the admin provisions; the per-user limits are for users
+            return await self.app(scope, receive, send)
+        refused = self.state.limits.admit(who.user_id)
+        if refused is not None:
+            why, wait = refused
+            self.state.audit.record("limit.refused", who.user_id, status=429, client=client_host(scope), detail=why)
+            return await _send_json(send, 429, why, headers=[(b"retry-after", str(wait).encode())])
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.state.limits.release(who.user_id)
+
+
+def client_host(scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 def _retry_after(err: StoreError) -> list:

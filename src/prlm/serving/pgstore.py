@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_user_task ON entries (user_id, task, seq);
 CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+ALTER TABLE users ADD COLUMN IF NOT EXISTS token_issued TEXT;
 """
 
 # Creating the schema from two processes at once races in PostgreSQL's catalog even with IF NOT
@@ -84,7 +85,10 @@ class PostgresProfileStore(ProfileStore):
             conn = self.psycopg.connect(self.url, autocommit=False, connect_timeout=self.connect_timeout_s)
         except self.psycopg.Error as err:
             cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise StoreUnavailable(f"database unavailable: cannot connect to {self.describe()}: {cause}") from None
+            # Known to /readyz at once, not at the next periodic check.
+            self.unreachable = f"database unavailable: cannot connect to {self.describe()}: {cause}"
+            raise StoreUnavailable(self.unreachable) from None
+        self.unreachable = None
         self._local.conn = conn
         with self._lock:
             self._all.append(conn)
@@ -114,6 +118,7 @@ class PostgresProfileStore(ProfileStore):
         except BaseException:
             _rollback(conn)
             raise
+        self.unreachable = None
         if not read_only:
             self.write_problem = None
 
@@ -124,21 +129,31 @@ class PostgresProfileStore(ProfileStore):
                                       f"/v1/users/{user_id}/token")
             try:
                 with conn.transaction():  # a savepoint: a concurrent create of the same id is a 409, not an error
-                    conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (%s, %s, %s)",
-                                 (user_id, token_hash, _now()))
+                    now = _now()
+                    conn.execute("INSERT INTO users (user_id, token_hash, created, token_issued) "
+                                 "VALUES (%s, %s, %s, %s)", (user_id, token_hash, now, now))
             except self.psycopg.errors.UniqueViolation:
                 raise StoreError(409, f"user '{user_id}' already exists") from None
 
     def set_token_hash(self, user_id: str, token_hash: str) -> None:
         with self._transaction() as conn:
-            cur = conn.execute("UPDATE users SET token_hash=%s WHERE user_id=%s", (token_hash, user_id))
+            cur = conn.execute("UPDATE users SET token_hash=%s, token_issued=%s WHERE user_id=%s",
+                               (token_hash, _now(), user_id))
             if cur.rowcount == 0:
                 raise StoreError(404, f"no user '{user_id}'")
 
-    def user_for_token_hash(self, token_hash: str) -> str | None:
+    def user_for_token_hash(self, token_hash: str, issued_after: str | None = None) -> str | None:
         with self._transaction(read_only=True) as conn:
-            row = conn.execute("SELECT user_id FROM users WHERE token_hash=%s", (token_hash,)).fetchone()
+            row = conn.execute("SELECT user_id FROM users WHERE token_hash=%s AND COALESCE(token_issued, created) "
+                               ">= %s", (token_hash, issued_after or "")).fetchone()
         return row[0] if row else None
+
+    def delete_user(self, user_id: str) -> int:
+        with self._transaction() as conn:
+            self._lock_user(conn, user_id)  # a concurrent add to this user waits, then finds no user
+            erased = conn.execute("DELETE FROM entries WHERE user_id=%s", (user_id,)).rowcount
+            conn.execute("DELETE FROM users WHERE user_id=%s", (user_id,))
+        return erased
 
     def user_exists(self, user_id: str) -> bool:
         with self._transaction(read_only=True) as conn:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ENTRY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -45,6 +45,11 @@ class UserToken(BaseModel):
     token: str = Field(description="Shown once; only its hash is stored.")
 
 
+class UserDeleted(BaseModel):
+    user_id: str
+    entries_erased: int
+
+
 class Me(BaseModel):
     user_id: str | None
     role: str
@@ -79,7 +84,7 @@ class GenerateRequest(_Strict):
     task: str
     input: str = Field(min_length=1, description="The text to write for, e.g. the article to title.")
     retriever: str | None = Field(None, description="Retriever (default: the server's).")
-    k: int | None = Field(None, description="Entries retrieved (default: the server's).")
+    k: StrictInt | None = Field(None, description="Entries retrieved (default: the server's); a JSON integer.")
 
 
 class Hit(BaseModel):
@@ -88,11 +93,10 @@ class Hit(BaseModel):
 
 
 class Timings(BaseModel):
-    """Whole milliseconds of what the client waited for; no per-stage figure that depends on the
-    profile (retrieval time is a side channel): those go to /metrics, summed over all users."""
+    """Whole milliseconds the request took, as one total: any per-stage figure lets a client subtract its
+    way to retrieval time, a side channel on profiles (and on other users' activity). Stage times go to
+    /metrics, summed over all users."""
 
-    queue_ms: int
-    generation_ms: int
     total_ms: int
 
 

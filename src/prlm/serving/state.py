@@ -7,10 +7,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-from prlm.serving.auth import Authenticator
+from prlm import PrlmError
+from prlm.serving.audit import AuditLog
+from prlm.serving.auth import Authenticator, load_admin_token
 from prlm.serving.batcher import Batcher
 from prlm.serving.config import ServeConfig
 from prlm.serving.engine import Engine
+from prlm.serving.limits import UserLimits
 from prlm.serving.metrics import Metrics
 from prlm.serving.store import ProfileStore
 
@@ -29,6 +32,10 @@ class ServerState:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.metrics = Metrics()
+        self.limits = UserLimits(cfg.rate_per_user, cfg.rate_burst, cfg.max_inflight_per_user)
+        self.audit = AuditLog(cfg.audit_log)
+        self.metrics_token = load_admin_token(cfg.metrics_token_file, what="metrics") \
+            if cfg.metrics_token_file else None
         self.batcher = Batcher(self._run_batch, cfg.max_batch, cfg.batch_window_ms / 1000, cfg.max_queue,
                                on_batch=self.metrics.observe_batch, max_per_owner=cfg.max_queue_per_user,
                                on_drop=self.metrics.dropped.inc)
@@ -64,7 +71,26 @@ class ServerState:
     def set_generator(self, generator, tokenizer) -> None:
         c = self.cfg
         self.engine = Engine(self.store, generator, tokenizer, c.method, c.max_prompt_tokens, c.max_new_tokens,
-                             temperature=c.temperature, seed=c.seed, index_max_entries=c.index_cache_entries)
+                             temperature=c.temperature, seed=c.seed, index_max_bytes=c.index_cache_mb << 20,
+                             max_embed_per_request=c.max_embed_per_request)
+
+    def reload_admin_token(self) -> None:
+        """SIGHUP: read the admin token file again; the new token works at once and the old one stops.
+        A file that fails the start-up checks keeps the old token (logged, audited)."""
+        source = self.cfg.admin_token_file
+        if not source:
+            log.warning("SIGHUP: the admin token comes from $PRLM_ADMIN_TOKEN, which a running process cannot "
+                        "reread; use --admin-token-file to rotate it without a restart")
+            self.audit.record("admin_token.reload", "operator", status=400, detail="no token file")
+            return
+        try:
+            self.auth.set_admin_token(load_admin_token(source))
+        except PrlmError as err:
+            log.error("SIGHUP: the admin token was not reloaded, the old one still works: %s", err)
+            self.audit.record("admin_token.reload", "operator", status=400, detail=str(err))
+            return
+        log.info("SIGHUP: admin token reloaded from %s", source)
+        self.audit.record("admin_token.reload", "operator", status=200)
 
     def load_model(self) -> None:
         """Runs on a background thread: profile endpoints work while the model loads."""

@@ -45,6 +45,8 @@ class ProfileStore(ABC):
 
     write_problem: str | None = None
     """Why the last write failed when the database could not take it (read-only, full), until one succeeds."""
+    unreachable: str | None = None
+    """Why the last connection to the database failed (a server store), until one succeeds."""
 
     @abstractmethod
     def create_user(self, user_id: str, token_hash: str) -> None:
@@ -55,7 +57,13 @@ class ProfileStore(ABC):
         """Replace a user's token (the old one stops working); StoreError(404) for an unknown user."""
 
     @abstractmethod
-    def user_for_token_hash(self, token_hash: str) -> str | None: ...
+    def user_for_token_hash(self, token_hash: str, issued_after: str | None = None) -> str | None:
+        """The user holding this token; with `issued_after` (ISO time) only if the token was issued since."""
+
+    @abstractmethod
+    def delete_user(self, user_id: str) -> int:
+        """Erase the user, their token and every entry in one transaction; returns the entries erased;
+        StoreError(404) for an unknown user."""
 
     @abstractmethod
     def user_exists(self, user_id: str) -> bool: ...
@@ -123,6 +131,11 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_user_task ON entries (user_id, task, seq);
 CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
 """
+# Added after the first release: when the user's current token was issued (NULL: at `created`).
+_MIGRATIONS = (("users", "token_issued", "ALTER TABLE users ADD COLUMN token_issued TEXT"),)
+
+# No WAL: see SQLiteProfileStore.
+JOURNAL_MODE = "TRUNCATE"
 
 # SQLite errors that say the database cannot serve now, whoever asks: 503 with the cause, not a 500.
 _UNAVAILABLE = ("readonly", "read-only", "disk is full", "disk i/o", "malformed", "not a database",
@@ -153,8 +166,27 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def short_problem(rows: list[str], limit: int = 200) -> str:
+    """An integrity check's findings as one short line: the first, whitespace folded, and how many more
+    (SQLite's first row alone can run to many lines)."""
+    lines = [" ".join(part.split()) for row in rows for part in row.splitlines()
+             if part.strip() and not part.startswith("***")]  # '*** in database main ***' is a heading
+    if not lines:
+        return "integrity check found a problem"
+    first = lines[0] if len(lines[0]) <= limit else lines[0][:limit - 3] + "..."
+    more = f" (and {len(lines) - 1} more; PRAGMA integrity_check lists them)" if len(lines) > 1 else ""
+    return first + more
+
+
 class SQLiteProfileStore(ProfileStore):
-    """SQLite in WAL mode with synchronous=FULL: a committed write survives a crash.
+    """SQLite with a rollback journal (TRUNCATE) and synchronous=FULL: a committed write survives a crash
+    and a power loss (in TRUNCATE mode FULL syncs the emptied journal, the commit point).
+
+    Not WAL: WAL's index lives in a `-shm` file that every connection maps into memory, and a `-shm`
+    that stops being writable (a full or failing file system, a truncated file) kills the process with
+    SIGBUS, with no log line and no answer. A rollback journal needs no shared memory: every such fault is
+    an I/O error, answered 503. The price: writers and readers take turns (about two thirds of WAL's write
+    throughput with 8 concurrent writers; docs/serving.md has the figures).
 
     One connection per thread (sqlite3 connections must not be shared across
     threads); writes take the write lock up front (BEGIN IMMEDIATE) so that two
@@ -176,10 +208,14 @@ class SQLiteProfileStore(ProfileStore):
         self._lock = threading.Lock()
         try:
             conn = self._conn()
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal" and self.path != ":memory:":
-                raise PrlmError(f"database '{self.path}' could not switch to WAL mode (got '{mode}')")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != JOURNAL_MODE.lower() and self.path != ":memory:":
+                raise PrlmError(f"database '{self.path}' could not switch to journal mode {JOURNAL_MODE} (got "
+                                f"'{mode}'): is another process using it?")
             conn.executescript(_SCHEMA)
+            for table, column, sql in _MIGRATIONS:
+                if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(sql)
         except sqlite3.Error as err:  # e.g. a file that is not SQLite: one line, not a traceback
             self.close()
             raise PrlmError(f"database '{self.path}' cannot be used: {err} "
@@ -194,8 +230,13 @@ class SQLiteProfileStore(ProfileStore):
                                        check_same_thread=False)  # close() runs on another thread
             except sqlite3.Error as err:
                 raise PrlmError(f"cannot open database '{self.path}': {err}") from None
+            # Per connection: only WAL is remembered by the file (an old WAL database is switched here).
+            conn.execute(f"PRAGMA journal_mode={JOURNAL_MODE}")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # An erased user's text is overwritten, not left in free pages (Debian's SQLite does so by default;
+            # other builds do not).
+            conn.execute("PRAGMA secure_delete=ON")
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             for pragma in self.pragmas:
                 conn.execute(f"PRAGMA {pragma}")
@@ -242,22 +283,34 @@ class SQLiteProfileStore(ProfileStore):
             if conn.execute("SELECT 1 FROM users WHERE lower(user_id)=lower(?)", (user_id,)).fetchone():
                 raise StoreError(409, f"user '{user_id}' already exists; issue a new token with POST "
                                       f"/v1/users/{user_id}/token")
-            conn.execute("INSERT INTO users (user_id, token_hash, created) VALUES (?, ?, "
-                         "?)", (user_id, token_hash, _now()))
+            now = _now()
+            conn.execute("INSERT INTO users (user_id, token_hash, created, token_issued) VALUES (?, ?, ?, ?)",
+                         (user_id, token_hash, now, now))
 
         self._write(op)
 
     def set_token_hash(self, user_id: str, token_hash: str) -> None:
         def op(conn):
-            cur = conn.execute("UPDATE users SET token_hash=? WHERE user_id=?", (token_hash, user_id))
+            cur = conn.execute("UPDATE users SET token_hash=?, token_issued=? WHERE user_id=?",
+                               (token_hash, _now(), user_id))
             if cur.rowcount == 0:
                 raise StoreError(404, f"no user '{user_id}'")
 
         self._write(op)
 
-    def user_for_token_hash(self, token_hash: str) -> str | None:
-        row = self._query("SELECT user_id FROM users WHERE token_hash=?", (token_hash,))
+    def user_for_token_hash(self, token_hash: str, issued_after: str | None = None) -> str | None:
+        row = self._query("SELECT user_id FROM users WHERE token_hash=? AND COALESCE(token_issued, created) >= ?",
+                          (token_hash, issued_after or ""))
         return row[0] if row else None
+
+    def delete_user(self, user_id: str) -> int:
+        def op(conn):
+            erased = conn.execute("DELETE FROM entries WHERE user_id=?", (user_id,)).rowcount
+            if conn.execute("DELETE FROM users WHERE user_id=?", (user_id,)).rowcount == 0:
+                raise StoreError(404, f"no user '{user_id}'")
+            return erased
+
+        return self._write(op)
 
     def user_exists(self, user_id: str) -> bool:
         return self._query("SELECT 1 FROM users WHERE user_id=?", (user_id,)) is not None
@@ -326,7 +379,7 @@ class SQLiteProfileStore(ProfileStore):
             rows = self._conn().execute("PRAGMA quick_check").fetchall()
         except (sqlite3.Error, PrlmError) as err:
             return f"{err}"
-        return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows)[:500]
+        return "ok" if rows == [("ok",)] else short_problem([r[0] for r in rows])
 
     def check_writable(self) -> str:
         try:

@@ -13,6 +13,7 @@ from prlm import PrlmError
 from prlm.serving.access import get_state, owner, task_or_422
 from prlm.serving.batcher import QueueFull
 from prlm.serving.config import NO_MODEL
+from prlm.serving.engine import IndexBuilding
 from prlm.serving.schemas import GenerateRequest, GenerateResponse, Hit, Timings
 from prlm.serving.state import ServerState
 
@@ -42,6 +43,8 @@ async def generate(request: Request, body: GenerateRequest, user_id: str = Depen
         raise HTTPException(503, f"not ready: {reason}", headers={"Retry-After": "5"})
     try:
         prepared = await run_in_threadpool(engine.retrieve, user_id, task.name, body.input, retriever, k)
+    except IndexBuilding as err:  # this request embedded its share of a large index; the next goes on
+        raise HTTPException(429, str(err), headers={"Retry-After": "1"}) from None
     except PrlmError as err:  # e.g. the dense encoder is not installed
         raise HTTPException(422, str(err)) from None
     state.metrics.observe_stage("retrieval", prepared.retrieval_ms / 1000)
@@ -59,7 +62,7 @@ async def generate(request: Request, body: GenerateRequest, user_id: str = Depen
         user_id=user_id, task=task.name, answer=result.answer, reasoning=result.reasoning,
         retrieved=[Hit(**h) for h in result.retrieved], retriever=retriever, k=k, method=cfg.method,
         model=state.model_name, batch_size=info.batch_size, prompt_tokens=result.prompt_tokens,
-        timings=Timings(queue_ms=round(info.queue_ms), generation_ms=round(info.batch_ms), total_ms=round(total)))
+        timings=Timings(total_ms=round(total)))
 
 
 async def _unless_client_leaves(request: Request, work) -> asyncio.Future | None:

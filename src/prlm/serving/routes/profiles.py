@@ -92,4 +92,5 @@ def delete_entry(entry_id: str = PathParam(pattern=ENTRY_ID_PATTERN), user_id: s
     version = state.store.delete_entry(user_id, entry_id)
     if state.engine is not None:  # nothing derived from the deleted entry stays in memory
         state.engine.index.refresh(user_id)
+    state.audit.record("entry.delete", user_id, target=user_id, status=200, detail=entry_id)
     return EntryDeleted(user_id=user_id, deleted=entry_id, version=version)
