@@ -72,7 +72,7 @@ class RewardTrainConfig:
     held_out_share: float = opt(0.45, "Share of users (by a hash of user_id) held out from the reward model: its "
                                 "figures are reported on them, and the judge trains on them.")
     select_epoch: bool = opt(True, "Keep the epoch most accurate on the validation pairs; false keeps the last epoch "
-                                   "(the authors' train_bert.py reports on its 10% but saves the third epoch).")
+                                   "(the authors' train_bert.py reports on its 10 percent but saves the third epoch).")
     seed: int = opt(0, "Seed for the head's initialization, the kind subsampling and the data order.")
     device: str = opt("auto", "'cpu', 'cuda' or 'auto' (CUDA when available).")
     bf16: bool = opt(False, "bf16 mixed precision (GPU only).")
