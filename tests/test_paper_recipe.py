@@ -22,7 +22,7 @@ from prlm.reward.format import FormatReward
 from prlm.reward.model import RewardTrainConfig, _training_pairs, split_random
 from prlm.reward.personalization import PersonalizationReward
 from prlm.training.config import TrainConfig
-from prlm.training.grpo import grpo_kwargs, lora_config, reward_functions
+from prlm.training.grpo import grpo_kwargs, lora_config, reward_functions, reward_weights
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 LAMP_TASKS = ("4", "5", "7")
@@ -69,13 +69,14 @@ def _train(path: Path) -> TrainConfig:
 
 
 def _render_grpo_config(cfg: TrainConfig):
-    """The GRPOConfig `prlm train` builds for `cfg` (no model is loaded). transformers refuses bf16 without a GPU:
-    the two device arguments are swapped for the rendering only, and checked as they are passed."""
+    """The GRPOConfig `prlm train` builds for `cfg` (build_trainer's `grpo_args(cfg, reward_weights(cfg))`; no model
+    is loaded). transformers refuses bf16 without a GPU: the two device arguments are swapped for the rendering
+    only, and checked as they are passed."""
     from trl import GRPOConfig
 
     kwargs = grpo_kwargs(cfg)
     assert kwargs["bf16"] and not kwargs["use_cpu"]
-    args = GRPOConfig(**{**kwargs, "bf16": False, "use_cpu": True})
+    args = GRPOConfig(**{**kwargs, "bf16": False, "use_cpu": True}, reward_weights=reward_weights(cfg))
     return args, kwargs
 
 

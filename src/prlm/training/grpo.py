@@ -148,10 +148,12 @@ def lora_config(cfg: TrainConfig):
                       target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
 
 
-def grpo_args(cfg: TrainConfig):
+def grpo_args(cfg: TrainConfig, weights: list[float] | None = None):
+    """TRL's GRPOConfig for `cfg`; `weights`: the reward weights of the terms the trainer gets (build_trainer's:
+    `reward_weights(cfg)` plus any extra terms), None for TRL's equal weights."""
     from trl import GRPOConfig
 
-    return GRPOConfig(**grpo_kwargs(cfg))
+    return GRPOConfig(**grpo_kwargs(cfg), reward_weights=weights)
 
 
 def grpo_kwargs(cfg: TrainConfig) -> dict:
@@ -174,7 +176,6 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
         beta=cfg.beta,
         epsilon=cfg.epsilon,
         loss_type=cfg.loss_type,
-        reward_weights=reward_weights(cfg),  # build_trainer adds the weights of extra rewards
         logging_steps=1,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -286,8 +287,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
     weights += [w for _, w in extra_rewards]
     # transformers reads the TensorBoard folder from the environment only.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(cfg.out) / "tensorboard")
-    args = grpo_args(cfg)
-    args.reward_weights = weights
+    args = grpo_args(cfg, weights)
     peft_config = lora_config(cfg)
     rollout_func = None
     if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
