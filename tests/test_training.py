@@ -109,7 +109,7 @@ def test_gpu_recipe_parses_and_builds_trainer_config():
     # bf16 on a GPU cannot be validated on a CPU-only machine; everything else is built as is.
     args = GRPOConfig(**{**kwargs, "bf16": False, "use_cpu": True})
     assert args.use_vllm and args.vllm_mode == "colocate" and args.num_generations == 4
-    assert args.lr_scheduler_type == "cosine"
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
 
 
 def _train_cmd(data, model, out, *extra):

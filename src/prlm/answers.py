@@ -18,9 +18,14 @@ The rules, and why:
 - The answer is what the first ``<answer>`` section holds, as in the authors'
   reward. An unclosed section still counts (because of the stop string above).
   Text after ``</think>`` without an answer tag is not an answer: the format
-  was not followed, and the reward and evaluation read the same thing. Only a
-  completion with no tag at all (a model that ignored the format) is read as
-  plain text: its last line.
+  was not followed, and the reward and evaluation read the same thing; the one
+  exception is a keyed answer there (below), which says unambiguously what it
+  is. Only a completion with no tag at all (a model that ignored the format) is
+  read as plain text: its last line.
+- Keyed answers: the authors' prompt (`prompts.PROMPT_STYLES`, `authors`) asks
+  for the answer as ``{'title': '...'}`` (``{'tweet': '...'}`` on LaMP-7)
+  inside ``<answer>``; an answer in that form is read as the value it holds
+  (`keyed_answer`), single or double quotes alike.
 - Answer forcing (budget forcing): a completion that gave no answer gets its
   reasoning closed and the answer opened (`ANSWER_FORCING`, ``</think>\\n<answer>``)
   and the model writes the answer. An empty ``<answer></answer>`` is cut away
@@ -75,11 +80,25 @@ _QUOTES = "\"'`“”‘’*"
 _LABELS = ("answer", "headline", "title", "subject line", "subject", "tweet", "paraphrase")
 
 
+_KEYED = re.compile(r"""\{\s*(['"])([A-Za-z][A-Za-z ]*)\1\s*:\s*(['"])(?P<value>.*?)\3\s*\}""", re.DOTALL)
+
+
+def keyed_answer(text: str) -> str | None:
+    """The value of the first ``{'key': 'value'}`` in `text` (the authors' answer format), None when there is none.
+    The value ends at the quote that closes the braces, so an apostrophe inside it ("Obama's plan") is kept."""
+    match = _KEYED.search(text)
+    return match["value"] if match else None
+
+
 def clean_answer(text: str, task=None) -> str:
-    """One line, without tags, surrounding quotes or a leading label like 'Headline:'.
+    """One line, without tags, surrounding quotes or a leading label like 'Headline:'; a keyed answer
+    (``{'title': '...'}``) is its value.
 
     `task` (a `prlm.data.tasks.Task`, optional): its output name is one more label to strip."""
     text = _TAG.sub(" ", text).strip()
+    value = keyed_answer(text)
+    if value is not None:
+        text = value
     labels = ([task.output_name] if task is not None else []) + list(_LABELS)
     label_re = re.compile(r"^(?:" + "|".join(re.escape(x) for x in labels) + r")\s*[:\-]\s*", re.IGNORECASE)
     line = ""
@@ -136,6 +155,9 @@ def parse_completion(completion: str, method: str, task=None, prefill: str = "")
     answer = ""
     if section is not None:
         answer = clean_answer(section, task)
+    elif think_close != -1 and keyed_answer(full[think_close:]) is not None:
+        # No answer tag, but the authors' keyed answer after the reasoning: unambiguous, read it.
+        answer = clean_answer(keyed_answer(full[think_close:]), task)
     elif think_open == -1 and think_close == -1:
         # No tag at all: a model that ignored the format entirely; its last line is its answer.
         lines = [ln for ln in _TAG.sub(" ", full).splitlines() if ln.strip()]

@@ -1,7 +1,21 @@
 """LaMP's metrics, the paired bootstrap, and run folders.
 
 ROUGE is computed as LaMP does: `rouge_score` with its default tokenizer, no
-stemming, F1, predictions matched to golds by id, mean over examples.
+stemming, F1, predictions matched to golds by id, mean over examples. Two other
+ways of computing it (`ROUGE_CHOICES`, the `rouge` option of evaluation and of
+the accuracy reward) put a number beside the paper's (docs/paper-recipe.md):
+
+- `lamp`: the same per-example scores, and each mean reported as LaMP's own
+  evaluator reports it (LaMP-Benchmark/LaMP, eval/evaluation.py, through
+  `evaluate`'s rouge): the median of 1,000 bootstrap means
+  (`rouge_score.scoring.BootstrapAggregator`), seeded here (LaMP's is not);
+- `authors`: the PrLM release's (Personal_RAG/metrics/eval_metrics.py and
+  Model_Train/src/open_r1/rewards.py, `compute_metric_bleu_rouge`): both texts
+  lower-cased, cut into `jieba` tokens joined by spaces (spaces and
+  punctuation become tokens), scored by `rouge_chinese` (unique n-grams,
+  summary-level ROUGE-L), 0 when either side has no token, mean over examples.
+  It needs the optional packages jieba and rouge-chinese (`pip install
+  'prlm[paper-rouge]'`).
 """
 
 from __future__ import annotations
@@ -21,6 +35,12 @@ from prlm import PrlmError
 from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+ROUGE_CHOICES = ("rouge-score", "lamp", "authors")
+ROUGE_HELP = ("How ROUGE is computed: 'rouge-score' (LaMP's tokens and per-example F1, mean over examples), 'lamp' "
+              "(the same scores, each mean reported as LaMP's evaluator does: the median of 1,000 bootstrap means), "
+              "'authors' (the PrLM release's: lower-cased jieba tokens scored by rouge_chinese; needs pip install "
+              "'prlm[paper-rouge]'). docs/paper-recipe.md.")
+LAMP_BOOTSTRAP_SAMPLES = 1000  # rouge_score's BootstrapAggregator default, which `evaluate`'s rouge uses
 
 
 @lru_cache(maxsize=1)
@@ -30,10 +50,72 @@ def _scorer():
     return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=False)
 
 
-def rouge(prediction: str, gold: str) -> dict[str, float]:
-    """F1 of ROUGE-1, ROUGE-2 and ROUGE-L for one example (LaMP strips both)."""
+def check_rouge_choice(name: str, value: str, choices: tuple = ROUGE_CHOICES) -> None:
+    """Refuse an unknown choice, or 'authors' where jieba and rouge-chinese are not installed (before any work)."""
+    if value not in choices:
+        raise PrlmError(f"{name}='{value}' is not valid; use one of: {', '.join(choices)}")
+    if value == "authors":
+        import importlib.util
+
+        missing = [pkg for pkg, module in (("jieba", "jieba"), ("rouge-chinese", "rouge_chinese"))
+                   if importlib.util.find_spec(module) is None]
+        if missing:
+            raise PrlmError(f"{name}: authors needs {' and '.join(missing)}: pip install 'prlm[paper-rouge]', or "
+                            f"use {name}: rouge-score")
+
+
+def rouge(prediction: str, gold: str, how: str = "rouge-score") -> dict[str, float]:
+    """F1 of ROUGE-1, ROUGE-2 and ROUGE-L for one example (LaMP strips both); `how`: one of `ROUGE_CHOICES`
+    ('lamp' differs from 'rouge-score' only in how means are reported, `lamp_mean`)."""
+    if how == "authors":
+        return authors_rouge(prediction, gold)
+    if how not in ROUGE_CHOICES:
+        raise PrlmError(f"rouge='{how}' is not valid; use one of: {', '.join(ROUGE_CHOICES)}")
     scores = _scorer().score(gold.strip(), prediction.strip())
     return {key: scores[key].fmeasure for key in ROUGE_KEYS}
+
+
+@lru_cache(maxsize=1)
+def _jieba():
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # its dictionary announcement would go to stderr on every run
+    return jieba
+
+
+def authors_rouge(prediction: str, gold: str) -> dict[str, float]:
+    """The PrLM release's ROUGE F of one example (module docstring, `authors`)."""
+    from rouge_chinese import Rouge
+
+    jieba = _jieba()
+    hypothesis = " ".join(jieba.cut(prediction.lower()))
+    reference = " ".join(jieba.cut(gold.lower()))
+    if not hypothesis.split() or not reference.split():
+        return {key: 0.0 for key in ROUGE_KEYS}
+    scores = Rouge().get_scores(hypothesis, reference)[0]
+    return {"rouge1": scores["rouge-1"]["f"], "rouge2": scores["rouge-2"]["f"], "rougeL": scores["rouge-l"]["f"]}
+
+
+def lamp_mean(values: Sequence[float], seed: int = 0, samples: int = LAMP_BOOTSTRAP_SAMPLES) -> float:
+    """A mean as LaMP's evaluator reports it: `evaluate`'s rouge with its default aggregator, i.e. rouge_score's
+    `BootstrapAggregator` (1,000 resamples of the examples, the median of their means). Its global numpy
+    generator is seeded here and restored afterwards; LaMP's run is unseeded, so its figure moves by about
+    a tenth of the interval between runs, and this one is one draw of it."""
+    from rouge_score import scoring
+
+    if not len(values):
+        raise PrlmError("lamp_mean needs at least one score")
+    aggregator = scoring.BootstrapAggregator(n_samples=samples)
+    for value in values:
+        aggregator.add_scores({"f": scoring.Score(precision=value, recall=value, fmeasure=value)})
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return float(aggregator.aggregate()["f"].mid.fmeasure)
+    finally:
+        np.random.set_state(state)
 
 
 def meteor_status() -> str | None:
@@ -57,9 +139,11 @@ def meteor(prediction: str, gold: str) -> float:
 
 
 def score_predictions(
-    predictions: Mapping[str, str], golds: Mapping[str, str], with_meteor: bool = True
+    predictions: Mapping[str, str], golds: Mapping[str, str], with_meteor: bool = True, how: str = "rouge-score",
+    seed: int = 0,
 ) -> tuple[dict[str, dict], dict]:
-    """Per-example metrics and their means; the id sets must be equal, as in LaMP."""
+    """Per-example metrics and their means; the id sets must be equal, as in LaMP. `how`: one of
+    `ROUGE_CHOICES` ('lamp' reports the ROUGE means as LaMP does, `lamp_mean` with `seed`)."""
     if set(predictions) != set(golds):
         missing = sorted(set(golds) - set(predictions))
         extra = sorted(set(predictions) - set(golds))
@@ -71,12 +155,14 @@ def score_predictions(
     do_meteor = with_meteor and meteor_status() is None
     per_example = {}
     for qid, gold in golds.items():
-        metrics = rouge(predictions[qid], gold)
+        metrics = rouge(predictions[qid], gold, how)
         if do_meteor:
             metrics["meteor"] = meteor(predictions[qid], gold)
         per_example[qid] = metrics
     keys = list(next(iter(per_example.values()), {}))
     means = {k: float(np.mean([m[k] for m in per_example.values()])) for k in keys}
+    if how == "lamp":
+        means.update({k: lamp_mean([m[k] for m in per_example.values()], seed) for k in ROUGE_KEYS if k in means})
     return per_example, means
 
 

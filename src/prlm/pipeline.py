@@ -18,11 +18,11 @@ from prlm.answers import (
     stop_strings,
 )
 from prlm.data import get_task, load_split
-from prlm.evaluation import environment, meteor_status, score_predictions, write_run
+from prlm.evaluation import ROUGE_HELP, check_rouge_choice, environment, meteor_status, score_predictions, write_run
 from prlm.generation import GenerationConfig, SamplingParams, make_generator
 from prlm.io import check_output_dir
 from prlm.options import check_choice, opt
-from prlm.prompts import PROMPT_METHODS, build_prompts
+from prlm.prompts import PROMPT_METHODS, PROMPT_STYLE_HELP, build_prompts, check_prompt_style
 from prlm.retrieval import ProfileDataConfig, make_retriever, retrieve_each
 
 
@@ -30,6 +30,8 @@ from prlm.retrieval import ProfileDataConfig, make_retriever, retrieve_each
 class EvalConfig(GenerationConfig, ProfileDataConfig):
     split: str = opt("dev", "Split to evaluate: train, dev or test.")
     method: str = opt("rag", "no-profile (input only), rag (retrieved entries + input), prlm (reasoning prompt).")
+    prompt: str = opt("prlm", PROMPT_STYLE_HELP)
+    rouge: str = opt("rouge-score", ROUGE_HELP)
     out: str = opt("", "Run folder to write (predictions.jsonl, summary.json, summary.md).")
     force_answer_tokens: int = opt(32, "prlm only: when a completion stops without an <answer>, close the reasoning "
                                        "(`</think>\n<answer>`) and generate up to N more tokens for the answer "
@@ -45,6 +47,8 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
         GenerationConfig.__post_init__(self)
         ProfileDataConfig.__post_init__(self)
         check_choice("method", self.method, PROMPT_METHODS)
+        check_prompt_style(self.prompt)
+        check_rouge_choice("rouge", self.rouge)
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
         if self.force_answer_tokens < 0:
@@ -69,10 +73,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     hits = retrieve_each(retriever, examples, cfg.k)
     if generator is None:
         generator, tokenizer = make_generator(cfg.model, cfg.backend, cfg.device, cfg.batch_size)
-    prompts = build_prompts(task, examples, hits, cfg.method, tokenizer, cfg.max_prompt_tokens)
+    prompts = build_prompts(task, examples, hits, cfg.method, tokenizer, cfg.max_prompt_tokens, cfg.prompt)
     completions, formatted, parsed, forced = _answer(cfg, task, generator, prompts, progress)
     per_example, means = ({ex.id: {} for ex in examples}, {}) if cfg.predict_only else score_predictions(
-        {ex.id: r.answer for ex, r in zip(examples, parsed)}, {ex.id: ex.gold for ex in examples})
+        {ex.id: r.answer for ex, r in zip(examples, parsed)}, {ex.id: ex.gold for ex in examples}, how=cfg.rouge,
+        seed=cfg.seed)
     reasons = cfg.method == REASONING_METHOD
     rows = []
     for index, (ex, (entries, scores), prompt, completion, result) in enumerate(
@@ -164,8 +169,9 @@ def rescore_run(path: str | Path) -> dict:
         parsed = parse_completion(row["completion"], method, task, prefill=prefill)
         row["reasoning"], row["answer"] = parsed.reasoning, parsed.answer
     # A predict-only run has no golds: its answers are re-extracted, nothing is scored.
+    how, seed = summary["config"].get("rouge", "rouge-score"), summary["config"].get("seed", 0)
     per_example, means = ({r["id"]: {} for r in rows}, {}) if summary.get("predict_only") else score_predictions(
-        {r["id"]: r["answer"] for r in rows}, {r["id"]: r["gold"] for r in rows})
+        {r["id"]: r["answer"] for r in rows}, {r["id"]: r["gold"] for r in rows}, how=how, seed=seed)
     for row in rows:
         row["metrics"] = per_example[row["id"]]
     summary["metrics"], summary["empty_answers"] = means, sum(not r["answer"] for r in rows)

@@ -7,8 +7,11 @@ instruction of the prompts (`prompts.instruction` for every task and method),
 equals or contains one of its template phrases (a sentence or line of three
 words or more, e.g. "Reply with the subject line only." or the format example
 "The user ... The text is about ..."), or copies six words or more of an
-instruction in a row. Ordinary words of the instructions ("title", "text",
-"user", "then", "the subject line") are not parroting: real outputs use them.
+instruction in a row, or holds the placeholder of the authors' answer format
+(`prompts.AUTHORS_FORMATS`: "generated title", "generated tweet"; their
+LaMP-4 reward checks the same). Ordinary words of the instructions ("title",
+"text", "user", "then", "the subject line") are not parroting: real outputs
+use them.
 
 The personalization reward gives a degenerate answer its penalty instead of a
 score; the format reward, with `reject_degenerate`, pays nothing for one
@@ -51,6 +54,13 @@ def _template_phrases() -> tuple[str, ...]:
     return tuple(sorted(phrases))
 
 
+@lru_cache(maxsize=1)
+def _placeholders() -> tuple[str, ...]:
+    from prlm.prompts import AUTHORS_FORMATS
+
+    return tuple(sorted({fmt.placeholder for fmt in AUTHORS_FORMATS.values()}))
+
+
 def _normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -86,6 +96,8 @@ def degenerate_reason(answer: str, raw_answer_section: str = "") -> str:
         return "<think> inside the answer"
     if parrots_instructions(answer):
         return "parrots the prompt's instructions"
+    if any(placeholder in answer.lower() for placeholder in _placeholders()):
+        return "repeats the prompt's placeholder"
     return ""
 
 

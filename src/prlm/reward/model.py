@@ -63,9 +63,16 @@ class RewardTrainConfig:
     eval_batch_size: int = opt(64, "Pairs per validation batch.")
     learning_rate: float = opt(5e-5, "Learning rate (the paper's 5e-5).", renamed_from="lr")
     epochs: float = opt(3.0, "Training epochs (the paper's 3).")
-    val_fraction: float = opt(0.1, "Share of users (by a hash of user_id) that choose the epoch; never reported.")
+    split: str = opt("users", "How pairs are split: 'users' (by a hash of user_id: rm-train, validation and "
+                     "held-out users, no user in two parts) or 'random' (the authors' train_bert.py: all pairs "
+                     "shuffled by seed, val_fraction of them for validation, the rest trained on, no held-out "
+                     "users; role and held_out_share are not used).")
+    val_fraction: float = opt(0.1, "Share of users (by a hash of user_id) that choose the epoch, never reported; with "
+                              "split random, the share of pairs.")
     held_out_share: float = opt(0.45, "Share of users (by a hash of user_id) held out from the reward model: its "
                                 "figures are reported on them, and the judge trains on them.")
+    select_epoch: bool = opt(True, "Keep the epoch most accurate on the validation pairs; false keeps the last epoch "
+                                   "(the authors' train_bert.py reports on its 10 percent but saves the third epoch).")
     seed: int = opt(0, "Seed for the head's initialization, the kind subsampling and the data order.")
     device: str = opt("auto", "'cpu', 'cuda' or 'auto' (CUDA when available).")
     bf16: bool = opt(False, "bf16 mixed precision (GPU only).")
@@ -92,7 +99,12 @@ class RewardTrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise PrlmError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         check_choice("role", self.role, ROLES)
-        _ = self.partition  # building the partition validates the two shares
+        check_choice("split", self.split, SPLITS)
+        if self.split == "random" and self.role != "reward":
+            raise PrlmError("split random has no held-out users for a judge to train on: use split users with "
+                            "role judge")
+        if self.split == "users":
+            _ = self.partition  # building the partition validates the two shares
         parse_kind_weights(self.kind_weights)
 
     @property
@@ -143,6 +155,20 @@ def bradley_terry_loss(chosen, rejected):
     import torch
 
     return -torch.nn.functional.logsigmoid(torch.as_tensor(chosen) - torch.as_tensor(rejected)).mean()
+
+
+SPLITS = ("users", "random")
+
+
+def split_random(rows: Sequence[dict], validation_share: float, seed: int = 0) -> dict[str, list[dict]]:
+    """Pairs shuffled by `seed` (`random.Random`), the first `validation_share` of them (rounded) for
+    validation and the rest for training, as the authors' train_bert.py splits (sklearn's train_test_split,
+    test_size 0.1); a user's pairs may fall on both sides, and no pair is held out for reporting."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val = round(len(rows) * validation_share)
+    return {"train": [rows[i] for i in sorted(order[n_val:])], "validation": [rows[i] for i in sorted(order[:n_val])],
+            "report": []}
 
 
 def split_by_user(rows: Sequence[dict], partition: UserPartition, role: str = "reward") -> dict[str, list[dict]]:
@@ -571,7 +597,9 @@ def train_reward_model(cfg: RewardTrainConfig, progress: bool = True) -> dict:
         "role": cfg.role,
         "task": next((r["task"] for r in rows if r.get("task")), None),
         "dropped_identical_after_tokenization": dropped_identical,
-        "partition": cfg.partition.as_dict(),
+        "split": cfg.split,
+        "partition": cfg.partition.as_dict() if cfg.split == "users" else {"validation_share": cfg.val_fraction,
+                                                                          "seed": cfg.seed},
         "pairs": {"total": len(rows), "train": len(train_rows), "validation": len(val_rows),
                   "report": len(report_rows)},
         "users": {"train": sorted({str(r["user_id"]) for r in train_rows}),
@@ -598,9 +626,15 @@ def _training_pairs(cfg: RewardTrainConfig) -> tuple[list[dict], list[dict], lis
         missing = next(i for i, r in enumerate(rows) if not r.get("context"))
         raise PrlmError(f"{cfg.pairs}: pair {missing + 1} ('{rows[missing].get('pair_id', rows[missing]['id'])}') "
                         "has no 'context' entries, needed for context_entries > 0")
-    parts = split_by_user(rows, cfg.partition, cfg.role)
+    if cfg.split == "random":
+        parts = split_random(rows, cfg.val_fraction, cfg.seed)
+    else:
+        parts = split_by_user(rows, cfg.partition, cfg.role)
     train_rows = weight_kinds(parts["train"], parse_kind_weights(cfg.kind_weights), cfg.seed)
     if not train_rows:
+        if cfg.split == "random":
+            raise PrlmError(f"{cfg.pairs}: {len(rows)} pair(s) leave none to train on after the validation share "
+                            f"{cfg.val_fraction}; use more pairs or a lower val_fraction")
         raise PrlmError(f"{cfg.pairs}: no pair belongs to the users a '{cfg.role}' model trains on "
                         f"({len({r['user_id'] for r in rows})} user(s) in the file); use a file with more users "
                         "or lower val_fraction / held_out_share")
@@ -657,7 +691,7 @@ def _reward_args(
         num_train_epochs=cfg.epochs,
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch" if has_val else "no",
-        load_best_model_at_end=has_val,
+        load_best_model_at_end=has_val and cfg.select_epoch,
         metric_for_best_model="accuracy" if has_val else None,
         greater_is_better=True,
         save_only_model=True,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from prlm import PrlmError
 from prlm.options import TrainerOptions, check_choice, opt
-from prlm.prompts import MAX_PROMPT_TOKENS
+from prlm.prompts import MAX_PROMPT_TOKENS, PROMPT_STYLE_HELP, check_prompt_style
 from prlm.retrieval import ProfileDataConfig
+from prlm.reward.format import FORMAT_REWARD_HELP, FORMAT_REWARDS
 
 
 @dataclass
@@ -18,11 +19,15 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
     split: str = opt("train", "Split to train on.")
     limit: int = opt(0, "Train on the first N questions only (0 = all; the paper used 500).")
     max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt (entries share what the input leaves).")
+    prompt: str = opt("prlm", PROMPT_STYLE_HELP)
     # model
     model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
-    lora: bool = opt(False, "Train LoRA adapters on all linear layers instead of the full model.")
+    lora: bool = opt(False, "Train LoRA adapters (the lora_* fields) instead of the full model.")
     lora_r: int = opt(16, "LoRA rank.")
-    lora_alpha: int = opt(32, "LoRA alpha.")
+    lora_alpha: int = opt(32, "LoRA alpha (the adapters' output is scaled by alpha / r).")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA adapters' input (0 <= p < 1).")
+    lora_target: str = opt("all-linear", "Modules that get adapters: 'all-linear' (every linear layer but the output "
+                                         "head) or a comma-separated list of module names (e.g. q_proj,v_proj).")
     # supervised warm-up of the output format
     sft_steps: int = opt(0, "Supervised warm-up steps on the format (<think>..</think><answer>gold</answer>) before "
                             "GRPO; 0 = none.")
@@ -41,14 +46,20 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
                                   "sft_batch_size (same update, lower peak memory: the warm-up holds full-vocabulary "
                                   "logits for every position).")
     # GRPO
-    max_steps: int = opt(20, "GRPO optimisation steps.")
+    max_steps: int = opt(20, "GRPO optimisation steps; 0 = run `epochs` passes over the GRPO questions.")
+    epochs: float = opt(1.0, "Passes over the GRPO questions when max_steps is 0 (the authors' recipe: 5 over 500 "
+                             "questions, one prompt a step); not used when max_steps > 0.")
     prompts_per_step: int = opt(2, "Distinct prompts per step; each is sampled num_generations times.")
     num_generations: int = opt(4, "Completions sampled per prompt (the GRPO group, G).")
     max_completion_length: int = opt(96, "Tokens generated at most per completion (reasoning + answer).")
     temperature: float = opt(0.9, "Sampling temperature of the rollouts.")
     top_p: float = opt(1.0, "Nucleus sampling mass of the rollouts.")
     learning_rate: float = opt(1e-5, "GRPO learning rate.")
-    lr_scheduler_type: str = opt("constant", "Learning-rate schedule (any transformers name, e.g. constant, cosine).")
+    lr_scheduler_type: str = opt("constant", "Learning-rate schedule (any transformers name, e.g. constant, cosine, "
+                                             "cosine_with_min_lr).")
+    min_lr_rate: float = opt(0.0, "Floor of the learning rate as a share of learning_rate, for lr_scheduler_type "
+                                  "cosine_with_min_lr (which needs it, 0 < rate < 1; the authors' 0.1); 0 with any "
+                                  "other schedule.")
     warmup_ratio: float = opt(0.0, "Share of steps with a linear learning-rate warm-up.")
     beta: float = opt(0.0, "KL coefficient to the reference model (0 = no reference model, as recent GRPO recipes).")
     epsilon: float = opt(0.2, "Clipping range of the policy ratio.")
@@ -63,11 +74,19 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
     # rewards
     w_acc: float = opt(1.0, "Weight of the accuracy reward (ROUGE of the answer against the user's real output).")
     w_fmt: float = opt(0.1, "Weight of the format reward (<think>..</think><answer>..</answer>).")
+    format_reward: str = opt("prlm", FORMAT_REWARD_HELP)
     format_rejects_degenerate: bool = opt(False, "The format reward also pays 0 for an answer in format that is "
                                                  "degenerate: empty, without letters or digits, or parroting the "
                                                  "prompt's template (reward.degenerate); off: the recipes' reward.")
     w_pers: float = opt(0.1, "Weight of the personalization reward model (needs reward_model).")
+    empty_answer_penalty: float = opt(0.0, "Personalization reward (before its weight) of an answer that is empty or "
+                                           "degenerate (reward.degenerate: no letter or digit, the prompt's template "
+                                           "or its placeholder 'generated title' repeated) instead of the reward "
+                                           "model's score in (0, 1); the authors' LaMP-4 code gives -10, prlm 0.")
     accuracy_metrics: str = opt("rouge1,rouge2,rougeL", "Comma-separated ROUGE metrics summed by the accuracy reward.")
+    rouge: str = opt("rouge-score", "How the accuracy reward computes ROUGE: 'rouge-score' (LaMP's tokens, as "
+                                    "evaluation) or 'authors' (the PrLM release's lower-cased jieba tokens and "
+                                    "rouge_chinese; needs pip install 'prlm[paper-rouge]'). docs/paper-recipe.md.")
     normalize_rewards: bool = opt(False, "Scale each reward term to 0..1 before weighting (ROUGE sum / number of "
                                          "metrics).")
     reward_model: str = opt("", "Checkpoint folder of the personalization reward model (prlm rm train); empty = no "
@@ -108,8 +127,14 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        from prlm.evaluation import ROUGE_KEYS
+        from prlm.evaluation import ROUGE_KEYS, check_rouge_choice
 
+        check_prompt_style(self.prompt)
+        check_choice("format_reward", self.format_reward, FORMAT_REWARDS)
+        # 'lamp' changes how a split's means are reported; a reward scores one answer, as 'rouge-score' does.
+        check_rouge_choice("rouge", self.rouge, ("rouge-score", "authors"))
+        self._check_schedule()
+        self._check_lora()
         check_choice("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
         check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
@@ -145,6 +170,9 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "save_steps"):
             if getattr(self, name) < (0 if name == "max_steps" else 1):
                 raise PrlmError(f"{name} is out of range: {getattr(self, name)}")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise PrlmError(f"max_steps 0 runs `epochs` passes, but epochs is {self.epochs}: set epochs > 0 (e.g. 5) "
+                            "or max_steps > 0")
         metrics = self.metric_list
         if not metrics or any(m not in ROUGE_KEYS for m in metrics):
             raise PrlmError(f"accuracy_metrics must be a comma-separated subset of {', '.join(ROUGE_KEYS)}, got "
@@ -181,6 +209,33 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
     @property
     def corrects_sampling(self) -> bool:
         return self.sampling_copy != "off" and self.sampling_correction != "none"
+
+    def _check_schedule(self) -> None:
+        if self.lr_scheduler_type == "cosine_with_min_lr":
+            if not 0 < self.min_lr_rate < 1:
+                raise PrlmError(f"lr_scheduler_type cosine_with_min_lr needs min_lr_rate in (0, 1) (the floor as a "
+                                f"share of learning_rate), got {self.min_lr_rate}; e.g. --min-lr-rate 0.1")
+        elif self.min_lr_rate:
+            raise PrlmError(f"min_lr_rate {self.min_lr_rate} is the floor of lr_scheduler_type cosine_with_min_lr, "
+                            f"not of '{self.lr_scheduler_type}': set lr_scheduler_type: cosine_with_min_lr, or "
+                            "min_lr_rate: 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PrlmError(f"warmup_ratio must be in [0, 1) (a share of the steps), got {self.warmup_ratio}")
+
+    def _check_lora(self) -> None:
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise PrlmError(f"lora_r must be >= 1 and lora_alpha > 0, got r={self.lora_r}, alpha={self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise PrlmError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}; e.g. --lora-dropout 0.1")
+        if not self.lora_target_modules:
+            raise PrlmError("lora_target is empty: use all-linear, or module names such as q_proj,v_proj")
+
+    @property
+    def lora_target_modules(self) -> str | list[str]:
+        """PEFT's `target_modules`: 'all-linear' as it is, else the list of names."""
+        if self.lora_target.strip() == "all-linear":
+            return "all-linear"
+        return [name.strip() for name in self.lora_target.split(",") if name.strip()]
 
     def _check_warmup_share_of(self, earlier_config: Path) -> None:
         """'unseen' means unseen by *that* warm-up: its run must have split the questions the same way."""

@@ -64,7 +64,7 @@ def training_rows(cfg: TrainConfig, tokenizer, retriever=None) -> list[dict]:
     """One row per training question: the reasoning prompt plus the columns the rewards read,
     and whether the warm-up trains on it (`warmup`). `retriever`: see `train_grpo`."""
     task = get_task(cfg.task)
-    prompted = list(prompted_examples(cfg, tokenizer, REASONING_METHOD, retriever))
+    prompted = list(prompted_examples(cfg, tokenizer, REASONING_METHOD, retriever))  # in cfg.prompt's wording
     rows = [{"id": ex.id, "user_id": ex.user_id, "prompt": prompt.text, "input": ex.input, "gold": ex.gold,
              "retrieved_ids": [e["id"] for e in used],
              "warmup_completion": warmup_completion(task, used, ex.input, ex.gold),
@@ -122,29 +122,46 @@ def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
     from prlm.reward.accuracy import AccuracyReward
     from prlm.reward.format import FormatReward
 
-    funcs = [AccuracyReward(cfg.metric_list, normalize=cfg.normalize_rewards),
-             FormatReward(reject_degenerate=cfg.format_rejects_degenerate)]
-    weights = [cfg.w_acc, cfg.w_fmt]
+    funcs = [AccuracyReward(cfg.metric_list, normalize=cfg.normalize_rewards, rouge=cfg.rouge),
+             FormatReward(reject_degenerate=cfg.format_rejects_degenerate, style=cfg.format_reward)]
     if cfg.w_pers:
         from prlm.reward.personalization import PersonalizationReward
 
         reward_model_config(cfg)
-        funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device))
-        weights.append(cfg.w_pers)
-    return funcs, weights
+        funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device,
+                                           penalty=cfg.empty_answer_penalty))
+    return funcs, reward_weights(cfg)
 
 
-def grpo_args(cfg: TrainConfig):
+def reward_weights(cfg: TrainConfig) -> list[float]:
+    """The weights of `reward_functions`' terms, in their order (no reward model is read)."""
+    return [cfg.w_acc, cfg.w_fmt] + ([cfg.w_pers] if cfg.w_pers else [])
+
+
+def lora_config(cfg: TrainConfig):
+    """PEFT's LoraConfig for `cfg` (None without `lora`): rank, alpha, dropout and target modules as set."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def grpo_args(cfg: TrainConfig, weights: list[float] | None = None):
+    """TRL's GRPOConfig for `cfg`; `weights`: the reward weights of the terms the trainer gets (build_trainer's:
+    `reward_weights(cfg)` plus any extra terms), None for TRL's equal weights."""
     from trl import GRPOConfig
 
-    return GRPOConfig(**grpo_kwargs(cfg))
+    return GRPOConfig(**grpo_kwargs(cfg), reward_weights=weights)
 
 
 def grpo_kwargs(cfg: TrainConfig) -> dict:
     """TRL GRPOConfig arguments for a prlm TrainConfig."""
     return dict(
         output_dir=str(Path(cfg.out) / "checkpoints"),
-        max_steps=cfg.max_steps,
+        max_steps=cfg.max_steps or -1,  # transformers runs num_train_epochs passes when max_steps is not positive
+        num_train_epochs=cfg.epochs,
         # TRL's batch counts completions, not prompts: each step samples G completions of prompts_per_step prompts.
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         gradient_accumulation_steps=1,
@@ -154,11 +171,11 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
         top_p=cfg.top_p,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers reads a value below 1 as a share of max_steps
+        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_rate} if cfg.min_lr_rate else None,  # cosine_with_min_lr
+        warmup_steps=cfg.warmup_ratio,  # transformers reads a value below 1 as a share of the training steps
         beta=cfg.beta,
         epsilon=cfg.epsilon,
         loss_type=cfg.loss_type,
-        reward_weights=None,  # set by train_grpo from reward_functions()
         logging_steps=1,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -274,14 +291,8 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, grpo_rows: list[dict], cal
     weights += [w for _, w in extra_rewards]
     # transformers reads the TensorBoard folder from the environment only.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(cfg.out) / "tensorboard")
-    args = grpo_args(cfg)
-    args.reward_weights = weights
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+    args = grpo_args(cfg, weights)
+    peft_config = lora_config(cfg)
     rollout_func = None
     if cfg.rollout == "shared-prefix" and not cfg.use_vllm:
         from prlm.training.rollout import SharedPrefixRollout
