@@ -1,7 +1,7 @@
 """Atomic file writes, JSONL helpers and output-folder checks: nothing is ever
 left half-written, files get the modes the user's umask gives (so datasets and
 run folders can be shared on a cluster), and an output folder that cannot be
-written is refused before any work starts."""
+written, or that holds files prlm did not make, is refused before any work starts."""
 
 from __future__ import annotations
 
@@ -71,10 +71,46 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def check_output_dir(path: str | Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be made or written, before any work starts
-    (otherwise the failure comes at the first write, after the whole generation or
-    training). Creates nothing."""
+# A prlm output folder holds this file: the only folders a command writes into are those it made
+# (or that are empty), so a path that points at the user's own files is refused instead of overwritten.
+OUTPUT_MARKER = ".prlm-output.json"
+# Folders made before the marker existed are recognised by what prlm writes first in them.
+_LEGACY_SIGNS = ("stages", "summary.json", "train_log.jsonl", "study.yaml", "prlm_rm_config.json")
+_LEGACY_DATA_MAKERS = ("prlm.data.synthetic", "git log --no-merges")
+
+
+def is_prlm_folder(path: str | Path) -> bool:
+    """Whether prlm may write into `path`: it is missing, empty, or made by prlm (marker or legacy signs)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return not path.exists()
+    names = {entry.name for entry in path.iterdir()}
+    if not names or OUTPUT_MARKER in names or names & set(_LEGACY_SIGNS):
+        return True
+    if "meta.json" in names:  # a dataset written by `prlm data synth` or `prlm data from-git` before the marker
+        try:
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(meta, dict) and (meta.get("generator") in _LEGACY_DATA_MAKERS
+                                           or meta.get("source") in _LEGACY_DATA_MAKERS)
+    return False
+
+
+def check_not_users_folder(path: str | Path, option: str = "--out", fix: str = "") -> None:
+    """Refuse a folder that holds files prlm did not make (they would be overwritten); `fix` says what to do."""
+    from prlm import PrlmError
+
+    if not is_prlm_folder(path):
+        raise PrlmError(f"{option} '{path}' holds files prlm did not make (no {OUTPUT_MARKER}), which would be "
+                        f"overwritten; {fix or 'choose a new or empty folder'}")
+
+
+def check_output_dir(path: str | Path, option: str = "--out", fix: str = "") -> None:
+    """Refuse an output folder that cannot be made or written, or that holds the user's own files, before any
+    work starts (otherwise the failure comes at the first write, after the whole generation or training).
+    Writability is tried with a temporary file (permissions lie as root, and /proc or /sys refuse files
+    whatever they say); nothing is left behind."""
     from prlm import PrlmError
 
     path = Path(path).expanduser()
@@ -89,7 +125,30 @@ def check_output_dir(path: str | Path, option: str = "--out") -> None:
     if not existing.is_dir():
         raise PrlmError(f"{option} '{path}': '{existing}' is a file, so no folder can be made under it; "
                         "choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "folder" if existing == path else f"nearest existing folder '{existing}'"
+    what = "folder" if existing == path else f"nearest existing folder '{existing}'"
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_file(existing):
         raise PrlmError(f"{option} '{path}': the {what} is not writable by this user; "
                         "choose a writable path or fix its permissions")
+    check_not_users_folder(path, option, fix)
+
+
+def _can_create_file(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".prlm-write-test."):
+            return True
+    except OSError:
+        return False
+
+
+def claim_output_dir(path: str | Path, made_by: str, option: str = "--out", fix: str = "") -> Path:
+    """The output folder, checked (`check_output_dir`), created, and marked as prlm's so that later runs
+    may write into it again. Call it when the work starts writing, after the inputs were checked."""
+    check_output_dir(path, option, fix)
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / OUTPUT_MARKER
+    if not marker.is_file():
+        from datetime import UTC, datetime
+
+        atomic_write_json(marker, {"made_by": made_by, "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    return path

@@ -20,7 +20,7 @@ from prlm.answers import (
 from prlm.data import get_task, load_split
 from prlm.evaluation import environment, meteor_status, score_predictions, write_run
 from prlm.generation import GenerationConfig, SamplingParams, make_generator
-from prlm.io import check_output_dir
+from prlm.io import claim_output_dir
 from prlm.options import check_choice, opt
 from prlm.prompts import PROMPT_METHODS, build_prompts
 from prlm.retrieval import ProfileDataConfig, make_retriever, retrieve_each
@@ -61,7 +61,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     `retriever` to reuse retrievals computed once (e.g. `RankedRetriever`).
     """
     started = time.time()
-    check_output_dir(cfg.out)  # before any model loads: a bad --out would otherwise fail after generation
+    claim_output_dir(cfg.out, "prlm eval")  # before any model loads: a bad --out would otherwise fail after generation
     task = get_task(cfg.task)
     examples = _questions(cfg, task)
     if retriever is None:

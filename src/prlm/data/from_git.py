@@ -195,8 +195,9 @@ def dataset_from_git(repo: str | Path, out: str | Path, cfg: FromGitConfig) -> d
     """Write train/dev/test in LaMP's flat layout plus meta.json; returns the counts."""
     from prlm.data.lamp import Example, save_split
     from prlm.data.tasks import get_task
-    from prlm.io import atomic_write_json
+    from prlm.io import atomic_write_json, check_output_dir, claim_output_dir
 
+    check_output_dir(out, "out")
     commits = read_commits(repo, cfg.rev)
     splits = build_splits(commits, cfg)
     if not splits["test"]:
@@ -205,6 +206,7 @@ def dataset_from_git(repo: str | Path, out: str | Path, cfg: FromGitConfig) -> d
             f"{cfg.min_profile + 2 + cfg.train_per_author} (min_profile + dev + test + train_per_author); "
             "lower --min-profile or --train-per-author")
     task = get_task(TASK_NAME)
+    claim_output_dir(out, "prlm data from-git", "out")
     for split, rows in splits.items():
         save_split(out, split, task, [Example(id=r["id"], user_id=r["user_id"], input=r["input"],
                                               profile=r["profile"], gold=r["output"]) for r in rows])

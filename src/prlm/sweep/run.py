@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from prlm import PrlmError
+from prlm.io import claim_output_dir
 from prlm.stages import Stage, fingerprint, run_stages
 from prlm.sweep.grid import Cell, SweepConfig, eval_options, sweep_cells
 from prlm.sweep.report import write_sweep_report
@@ -147,8 +148,7 @@ def _evaluate(cfg: SweepConfig, cell: Cell, opts: dict, slot: ModelSlot) -> None
 def run_sweep(cfg: SweepConfig, report_only: bool = False, into: str | None = None, command: str = "",
               log=print) -> dict[str, str]:
     """Evaluate what is not done yet (nothing with report_only), then write the report."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(cfg.out, "prlm sweep", "out")
     (out / "sweep.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     started = time.time()
     status = {} if report_only else run_stages(out, build_sweep_stages(cfg), log=log)

@@ -1,0 +1,88 @@
+"""The user's own data, safely (issue 24): prlm never overwrites a folder it did not make, refuses a
+request that would give a half-made file, and stops on Ctrl-C with one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import write_lamp
+from prlm import PrlmError
+from prlm.cli import main
+from prlm.io import OUTPUT_MARKER, check_output_dir, claim_output_dir
+from prlm.study import check_data_folder, load_study_config
+
+REPO = Path(__file__).resolve().parents[1]
+NO_MODEL = "prlm-test-nobody/never-loaded"
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- nothing the user made is overwritten ----------------------------------------
+
+def test_the_demo_recipe_pointed_at_a_users_dataset_refuses_instead_of_overwriting(tmp_path, capsys, monkeypatch):
+    # Were the refusal missing, the study's stages would run (minutes of training): they are stubbed.
+    monkeypatch.setattr("prlm.study.run_stages", lambda out, stages: {s.name: "ran" for s in stages})
+    mine = write_lamp(tmp_path / "MY_DATA")
+    before = _digest(mine)
+    argv = ["run", str(REPO / "configs" / "cpu-demo.yaml"), "--set", f"out={tmp_path / 'run'}",
+            "--set", f"data={mine}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files prlm did not make" in err and "synthetic: null" in err
+    assert _digest(mine) == before and not (tmp_path / "run").exists()
+    # The fix the error names: the recipe then reads the folder as its data.
+    check_data_folder(load_study_config(str(REPO / "configs" / "cpu-demo.yaml"),
+                                        [f"out={tmp_path / 'run'}", f"data={mine}", "synthetic=null"]))
+
+
+def test_data_synth_refuses_a_users_folder_and_rewrites_its_own(tmp_path, capsys):
+    mine = write_lamp(tmp_path / "mine")
+    before = _digest(mine)
+    assert main(["data", "synth", "--out", str(mine), "--num-users", "3"]) == 2
+    assert "holds files prlm did not make" in capsys.readouterr().err and _digest(mine) == before
+    made = tmp_path / "synthetic"
+    assert main(["data", "synth", "--out", str(made), "--num-users", "3"]) == 0
+    assert (made / OUTPUT_MARKER).is_file()
+    assert main(["data", "synth", "--out", str(made), "--num-users", "4"]) == 0  # its own folder: rewritten
+
+
+def test_eval_refuses_an_out_folder_with_the_users_files_before_the_model_loads(tmp_path, capsys):
+    data = write_lamp(tmp_path / "data")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.tex").write_text("months of work")
+    assert main(["eval", "--task", "LaMP-4", "--data", str(data), "--model", NO_MODEL, "--out", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "holds files prlm did not make" in err and "cannot load model" not in err
+    assert sorted(p.name for p in notes.iterdir()) == ["thesis.tex"]
+
+
+def test_folders_made_by_prlm_before_the_marker_are_still_its_own(tmp_path):
+    legacy_run = tmp_path / "run"
+    legacy_run.mkdir()
+    (legacy_run / "summary.json").write_text("{}")
+    check_output_dir(legacy_run)
+    legacy_data = tmp_path / "data"
+    legacy_data.mkdir()
+    (legacy_data / "meta.json").write_text(json.dumps({"generator": "prlm.data.synthetic"}))
+    check_output_dir(legacy_data)
+    (legacy_data / "meta.json").write_text(json.dumps({"made by": "me"}))
+    with pytest.raises(PrlmError, match="did not make"):
+        check_output_dir(legacy_data)
+    assert claim_output_dir(tmp_path / "empty", "test") == tmp_path / "empty"
+    assert json.loads((tmp_path / "empty" / OUTPUT_MARKER).read_text())["made_by"] == "test"
+
+
+@pytest.mark.parametrize("root", ["/proc", "/sys"])
+def test_out_under_proc_or_sys_is_refused_by_a_test_write(root):
+    if not Path(root).is_dir():
+        pytest.skip(f"no {root} here")
+    # As root every folder passes os.access; only writing a file tells.
+    with pytest.raises(PrlmError, match="not writable"):
+        check_output_dir(f"{root}/prlm-run")
