@@ -158,6 +158,18 @@ def _cmd_run(args) -> None:
         print(report.read_text(encoding="utf-8"), end="")
 
 
+def _cmd_check(args) -> None:
+    from prlm.check import check_config
+
+    results = [check_config(path, kind=args.kind) for path in args.configs]
+    for result in results:
+        print("\n".join(result.lines()))
+    missing = [f"{r.path}: {option} {path}" for r in results for option, path, _ in r.missing]
+    if missing and args.strict:
+        raise PrlmError(f"{len(missing)} path(s) to read are missing and no config beside them makes them, e.g. "
+                        f"{missing[0]}")
+
+
 def _cmd_results_add(args) -> None:
     from prlm.results import add_record
 
@@ -319,6 +331,18 @@ def _add_study_commands(sub) -> None:
                    help="the protocol's final step: evaluate the test split once with the models the dev runs "
                         "chose (trains only what is missing); results in OUT/final-test/")
     p.set_defaults(func=_cmd_run)
+
+    from prlm.check import KINDS
+
+    p = sub.add_parser("check", help="check config files without running them: recognise each one's kind, validate "
+                                     "its keys and values as its command would, look up the paths it reads; loads "
+                                     "no model")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML config file(s), e.g. configs/*.yaml")
+    p.add_argument("--kind", default="", choices=("",) + tuple(KINDS), metavar="KIND",
+                   help=f"the config's kind when it cannot be recognised: {', '.join(KINDS)}")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 2 when a path the config reads is missing and no config beside it makes it")
+    p.set_defaults(func=_cmd_check)
 
 
 def _add_results_commands(sub) -> None:

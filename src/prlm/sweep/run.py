@@ -72,11 +72,14 @@ def load_ranked_retriever(cfg: SweepConfig, retriever_name: str):
 
 # --- stages --------------------------------------------------------------------
 
-def build_sweep_stages(cfg: SweepConfig) -> list[Stage]:
+def build_sweep_stages(cfg: SweepConfig, check_models: bool = True) -> list[Stage]:
+    """The sweep's stages, every cell validated; `check_models=False` leaves the trained models to the caller
+    (`prlm check` says which earlier stage makes them)."""
     from prlm.pipeline import EvalConfig
 
     cells = sweep_cells(cfg)
-    _check_models_exist(cfg, cells)
+    if check_models:
+        _check_models_exist(cfg, cells)
     stages = [Stage("data", {"data": cfg.data, "task": cfg.task, "split": cfg.split, "limit": cfg.limit},
                     lambda: _check_data(cfg))]
     used = list(dict.fromkeys(c.retriever for c in cells if c.k))
