@@ -86,3 +86,76 @@ def test_out_under_proc_or_sys_is_refused_by_a_test_write(root):
     # As root every folder passes os.access; only writing a file tells.
     with pytest.raises(PrlmError, match="not writable"):
         check_output_dir(f"{root}/prlm-run")
+
+
+# --- refusals instead of half-made files -------------------------------------------
+
+def test_a_partial_lamp_submission_is_refused_unless_asked_for(tmp_path, capsys):
+    data = write_lamp(tmp_path / "data")
+    argv = ["eval", "--task", "LaMP-4", "--data", str(data), "--predict-only", "--limit", "2", "--model", NO_MODEL,
+            "--out", str(tmp_path / "submission")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--allow-partial" in err and "cannot load model" not in err
+    assert not (tmp_path / "submission").exists()
+    assert main(argv + ["--allow-partial"]) == 2  # allowed: it gets as far as loading the (missing) model
+    assert "--allow-partial" not in capsys.readouterr().err
+
+
+def test_data_check_fails_on_an_empty_split_and_reports_the_longest_gold(tmp_path, capsys):
+    from helpers import lamp4_questions
+
+    questions, outputs = lamp4_questions()
+    outputs["golds"][2]["output"] = "a gold that runs on for many more words than a headline would"
+    data = write_lamp(tmp_path / "data", questions=questions, outputs=outputs)
+    assert main(["data", "check", str(data), "--task", "LaMP-4"]) == 0
+    out = capsys.readouterr().out
+    stats = json.loads(out.splitlines()[0])
+    assert stats["gold_words_max"] == 13 and stats["longest_gold_id"] == "q2"
+    assert "the longest gold has 13 words (dev 'q2')" in out
+    write_lamp(data, split="test", questions=[], outputs={"task": "LaMP_4", "golds": []})
+    assert main(["data", "check", str(data), "--task", "LaMP-4"]) == 2
+    assert "split 'test' has no questions" in capsys.readouterr().err
+
+
+# --- Ctrl-C --------------------------------------------------------------------------
+
+_SLOW_WORK = """
+import sys, time
+import prlm.data.lamp, prlm.pipeline, prlm.study, prlm.sweep
+from prlm.cli import main
+
+def slow(*args, **kwargs):
+    print("working", flush=True)
+    time.sleep(120)
+
+prlm.pipeline.run_eval = prlm.study.run_study = prlm.sweep.run_sweep = prlm.data.lamp.check_splits = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["eval", "run", "sweep", "data check"])
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, command):
+    """A real SIGINT, sent while the command works (its work replaced by a sleep so the test is quick)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    data = write_lamp(tmp_path / "data")
+    argv = {"eval": ["eval", "--task", "LaMP-4", "--data", str(data), "--out", str(tmp_path / "run")],
+            "run": ["run", str(REPO / "configs" / "cpu-demo.yaml"), "--set", f"out={tmp_path / 'study'}"],
+            "sweep": ["sweep", str(REPO / "configs" / "sweep-demo.yaml"), "--set", f"out={tmp_path / 'sweep'}"],
+            "data check": ["data", "check", str(data)]}[command]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")])}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WORK, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "working"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "prlm: interrupted; run the same command again to resume"]

@@ -73,25 +73,17 @@ def _cmd_data_from_git(args) -> None:
 
 
 def _cmd_data_check(args) -> None:
-    from prlm.data import SPLITS, load_split, split_stats
-    from prlm.data.lamp import split_files
+    from prlm.data.lamp import check_splits
 
-    splits = SPLITS if args.split == "all" else (args.split,)
-    found = 0
-    for split in splits:
-        try:
-            split_files(args.dir, split)
-        except PrlmError:
-            if args.split != "all":
-                raise
-            continue
-        stats = split_stats(load_split(args.dir, split, args.task, allow_empty_profiles=args.allow_empty_profiles,
-                                       allow_task_mismatch=args.allow_task_mismatch))
+    found = check_splits(args.dir, args.split, args.task, allow_empty_profiles=args.allow_empty_profiles,
+                         allow_task_mismatch=args.allow_task_mismatch)
+    for stats in found:
         print(json.dumps(stats))
-        found += 1
-    if not found:
-        raise PrlmError(f"no split found in '{args.dir}' (expected {{train,dev,test}}_questions.json)")
-    print(f"ok: {found} split(s) of '{args.dir}' are valid for task {args.task}")
+    longest = max((s for s in found if s["gold_words_max"] is not None), key=lambda s: s["gold_words_max"],
+                  default=None)
+    print(f"ok: {len(found)} split(s) of '{args.dir}' are valid for task {args.task}"
+          + (f"; the longest gold has {longest['gold_words_max']} words ({longest['split']} "
+             f"'{longest['longest_gold_id']}')" if longest else ""))
 
 
 def _cmd_rescore(args) -> None:
@@ -384,13 +376,21 @@ def _add_results_commands(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+# The shell's code for a command stopped by SIGINT (128 + 2): scripts and make see it as interrupted.
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except PrlmError as err:
         print(f"prlm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every stage writes atomically and records itself only when done, so a rerun resumes.
+        print("\nprlm: interrupted; run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -40,6 +40,8 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
                                     "test set). Golds are neither needed nor scored.")
     allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs "
                                            "file's `task` field, or the instruction the inputs start with).")
+    allow_partial: bool = opt(False, "With predict_only and limit: write a submission of the first N questions on "
+                                     "purpose (LaMP's evaluator refuses one whose ids differ from the golds').")
 
     def __post_init__(self):
         GenerationConfig.__post_init__(self)
@@ -47,6 +49,10 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
         check_choice("method", self.method, PROMPT_METHODS)
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
+        if self.predict_only and self.limit and not self.allow_partial:
+            raise PrlmError(f"--predict-only with --limit {self.limit} writes a submission of {self.limit} questions "
+                            "only, which LaMP's evaluator refuses (its ids must match the golds'): drop --limit, or "
+                            "pass --allow-partial to write a partial file on purpose")
         if self.force_answer_tokens < 0:
             raise PrlmError(f"force_answer_tokens must be >= 0 (0 = off), got {self.force_answer_tokens}")
         if self.method == "no-profile":
