@@ -274,8 +274,9 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--allow-task-mismatch", action="store_true",
                    help="accept data whose outputs file or input instruction names another task")
     p.set_defaults(func=_cmd_data_check)
-    p = data.add_parser("from-git", help="build a commit-subject dataset (LaMP's schema, time-based split, "
-                                         "anonymised authors) from a local git repository")
+    p = data.add_parser("from-git", help="build a commit-subject dataset (LaMP's schema, time-based split, authors "
+                                         "numbered, addresses, credits and @handles removed) from a local git "
+                                         "repository")
     p.add_argument("repo", help="root of a local git repository")
     p.add_argument("out", help="folder to write (train, dev, test in LaMP's layout, meta.json)")
     from prlm.data.from_git import FromGitConfig
