@@ -100,3 +100,13 @@ def test_strict_refuses_missing_inputs(tmp_path, capsys):
     assert main(["check", str(path), "--kind", "eval"]) == 0
     assert "missing" in capsys.readouterr().out
     assert main(["check", str(path), "--kind", "eval", "--strict"]) == 2
+
+
+def test_overrides_are_checked_as_the_command_takes_them(in_repo, tmp_path, capsys):
+    mine = write_lamp(tmp_path / "MY_DATA")
+    argv = ["check", "configs/cpu-demo.yaml", "--set", f"data={mine}", "--set", f"out={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    assert "synthetic: null" in capsys.readouterr().err
+    assert main(argv + ["--set", "synthetic=null"]) == 0
+    assert f"reads data {mine}: ok" in capsys.readouterr().out
+    assert main(["check", "configs/cpu-demo.yaml", "--set", "train.max_stepz=3"]) == 2

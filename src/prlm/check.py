@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prlm import PrlmError
 from prlm.io import check_not_users_folder, check_output_dir
-from prlm.options import build_config, load_config, load_yaml, resolve_class, without_input_checks
+from prlm.options import apply_overrides, build_config, load_yaml, resolve_class, without_input_checks
 
 
 @dataclass(frozen=True)
@@ -85,10 +85,11 @@ class CheckResult:
         return lines
 
 
-def check_config(path: str | Path, kind: str = "") -> CheckResult:
-    """Recognise, validate and describe one config file; raises PrlmError (one line) on a bad one."""
+def check_config(path: str | Path, kind: str = "", overrides: list[str] = ()) -> CheckResult:
+    """Recognise, validate and describe one config file, with `--set key=value` overrides as its command takes
+    them; raises PrlmError (one line) on a bad one."""
     path = str(path)
-    values = load_yaml(path)
+    values = apply_overrides(load_yaml(path), list(overrides))
     chosen = KINDS[kind] if kind else recognise_kind(path, values)
     if chosen.options is None:
         return _check_accelerate(path, chosen)
@@ -157,7 +158,7 @@ def _check_single(path: str, kind: Kind, values: dict) -> CheckResult:
 def _check_study(path: str, kind: Kind, values: dict) -> CheckResult:
     from prlm.study import build_stages, check_data_folder
 
-    cfg = load_config(resolve_class(kind.options), path)
+    cfg = build_config(resolve_class(kind.options), values, source=path)
     stages = build_stages(cfg, recipe=path)  # every stage's options are checked here, as `prlm run` does
     check_data_folder(cfg)
     result = CheckResult(path, kind, "the stages " + ", ".join(s.name for s in stages)
@@ -177,7 +178,7 @@ def _check_sweep(path: str, kind: Kind, values: dict) -> CheckResult:
     from prlm.sweep.grid import sweep_cells
     from prlm.sweep.run import build_sweep_stages
 
-    cfg = load_config(resolve_class(kind.options), path)
+    cfg = build_config(resolve_class(kind.options), values, source=path)
     stages = build_sweep_stages(cfg, check_models=False)  # the models are looked up below, with who makes them
     result = CheckResult(path, kind, f"{len(stages)} stages: " + ", ".join(s.name for s in stages), writes=cfg.out)
     models = {f"{cell.method} model": cell.model for cell in sweep_cells(cfg)}

@@ -153,7 +153,7 @@ def _cmd_run(args) -> None:
 def _cmd_check(args) -> None:
     from prlm.check import check_config
 
-    results = [check_config(path, kind=args.kind) for path in args.configs]
+    results = [check_config(path, kind=args.kind, overrides=args.set) for path in args.configs]
     for result in results:
         print("\n".join(result.lines()))
     missing = [f"{r.path}: {option} {path}" for r in results for option, path, _ in r.missing]
@@ -333,6 +333,8 @@ def _add_study_commands(sub) -> None:
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML config file(s), e.g. configs/*.yaml")
     p.add_argument("--kind", default="", choices=("",) + tuple(KINDS), metavar="KIND",
                    help=f"the config's kind when it cannot be recognised: {', '.join(KINDS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override, as `prlm run`/`prlm sweep` take it: --set data=MY_DATA (repeatable)")
     p.add_argument("--strict", action="store_true",
                    help="exit 2 when a path the config reads is missing and no config beside it makes it")
     p.set_defaults(func=_cmd_check)
