@@ -77,8 +77,8 @@ class CheckResult:
 
     def lines(self) -> list[str]:
         article = "an" if self.kind.name[0] in "aeiou" else "a"
-        lines = [f"{self.path}: {article} {self.kind.name} config, valid; `{self.kind.command.format(self.path)}` would run "
-                 f"{self.runs}"]
+        command = self.kind.command.format(self.path)
+        lines = [f"{self.path}: {article} {self.kind.name} config, valid; `{command}` would run {self.runs}"]
         lines += [f"  reads {option} {path}: {state}" for option, path, state in self.reads]
         lines += [f"  writes {self.writes}"] if self.writes else []
         lines += [f"  note: {note}" for note in self.notes]
