@@ -63,6 +63,16 @@ def test_eval_refuses_an_out_folder_with_the_users_files_before_the_model_loads(
     assert sorted(p.name for p in notes.iterdir()) == ["thesis.tex"]
 
 
+def test_a_dataset_another_command_made_is_not_overwritten_either(tmp_path):
+    made = tmp_path / "from-git"
+    claim_output_dir(made, "prlm data from-git")
+    (made / "train_questions.json").write_text("[]")
+    cfg = load_study_config(str(REPO / "configs" / "cpu-demo.yaml"), [f"out={tmp_path / 'run'}", f"data={made}"])
+    with pytest.raises(PrlmError, match="was made by `prlm data from-git`.*synthetic: null"):
+        check_data_folder(cfg)
+    claim_output_dir(made, "prlm data from-git")  # its own maker may write it again
+
+
 def test_folders_made_by_prlm_before_the_marker_are_still_its_own(tmp_path):
     legacy_run = tmp_path / "run"
     legacy_run.mkdir()

@@ -57,7 +57,7 @@ def _cmd_data_synth(args) -> None:
     from prlm.data.synthetic import SyntheticConfig, write_synthetic
 
     cfg = config_from_args(SyntheticConfig, args)
-    check_output_dir(args.out)
+    check_output_dir(args.out, made_by="prlm data synth")
     write_synthetic(args.out, **to_dict(cfg))
     print(f"wrote the synthetic task to {args.out}/ (train, dev, test in LaMP's layout, meta.json)")
 

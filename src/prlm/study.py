@@ -454,7 +454,8 @@ def check_data_folder(cfg: StudyConfig) -> None:
     files (the obvious `--set data=MY_DATA` on a synthetic recipe) is refused, not overwritten."""
     if cfg.synthetic is not None:
         check_output_dir(cfg.data, "data", fix="set synthetic: null (--set synthetic=null) to use the folder as the "
-                                              "data, or set data to a new path for the synthetic set")
+                                              "data, or set data to a new path for the synthetic set",
+                         made_by="prlm data synth")
 
 
 def run_study(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> dict[str, str]:

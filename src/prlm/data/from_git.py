@@ -317,7 +317,7 @@ def dataset_from_git(repo: str | Path, out: str | Path, cfg: FromGitConfig) -> d
     from prlm.data.tasks import get_task
     from prlm.io import atomic_write_json, check_output_dir, claim_output_dir
 
-    check_output_dir(out, "out")
+    check_output_dir(out, "out", made_by="prlm data from-git")
     commits = read_commits(repo, cfg.rev)
     splits = build_splits(commits, cfg)
     if not splits["test"]:
