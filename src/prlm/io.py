@@ -76,7 +76,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
 OUTPUT_MARKER = ".prlm-output.json"
 # Folders made before the marker existed are recognised by what prlm writes first in them: a run or study
 # folder by these names, a dataset by its meta.json (which says which command made it).
-_LEGACY_SIGNS = ("stages", "summary.json", "train_log.jsonl", "study.yaml", "prlm_rm_config.json")
+_LEGACY_SIGNS = ("stages", "summary.json", "train_config.json", "checkpoints", "train_log.jsonl", "study.yaml",
+                 "prlm_rm_config.json")
 _LEGACY_DATA = {"prlm data synth": ("generator", "prlm.data.synthetic"),
                 "prlm data from-git": ("source", "git log --no-merges")}
 
