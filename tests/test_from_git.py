@@ -7,7 +7,7 @@ import pytest
 from prlm import PrlmError
 from prlm.cli import main
 from prlm.data import load_split
-from prlm.data.from_git import FromGitConfig, dataset_from_git, scrub_people, strip_trailers
+from prlm.data.from_git import FromGitConfig, dataset_from_git, scrub_people, split_message, strip_trailers
 
 AUTHORS = [("Alice Example", "alice@example.org"), ("Bob Builder", "bob@example.org"),
            ("Carol Coder", "carol@example.org")]
@@ -179,3 +179,77 @@ def test_from_git_writes_only_what_data_check_accepts(reapplied_repo, tmp_path):
     for secret in ("Jane", "Roe", "Max Dymond", "@example", "Reported-by", "Suggested-by", "Dana", "Erin"):
         assert secret not in raw
     assert "Closes #5678" in raw  # what names no one is kept
+
+
+# --- issue 24: no personal data, subjects as people write them ----------------------
+
+TMUX_LIKE = ("Add a format for the pane's cursor colour. From Jane Q. Public in GitHub issue 5025.\n\n"
+             "Fix a crash when the client detaches, from Jean-Luc O'Neil.\n"
+             "Copied from Python stdlib, as before.")
+NUMPY_LIKE = ("BUG: fix overflow in np.sum\n\nThanks to Max Mustermann for the report; see gh-1234 and @octo-cat's "
+              "review.\nUse @pytest.mark.slow for the big case.\nReported-by: Ann Other <ann@example.org>")
+SCIPY_LIKE = ("JOHN DOE <jdoe@example.com> | 2006-09-11 12:00:00\nImprove the plot1d method.\n"
+              "---John M. Doe <jdoe@example.com>\nMail questions to lists@scipy.org please.")
+
+
+def test_credits_addresses_and_handles_go_from_bodies():
+    cfg = FromGitConfig()
+    tmux = scrub_people(TMUX_LIKE, cfg.person_keys, cfg.credits)
+    assert tmux == ("Add a format for the pane's cursor colour.\n\nFix a crash when the client detaches.\n"
+                    "Copied from Python stdlib, as before.")
+    numpy = scrub_people(strip_trailers(NUMPY_LIKE), cfg.person_keys, cfg.credits)
+    assert "Max" not in numpy and "octo-cat" not in numpy and "Ann" not in numpy and "@example" not in numpy
+    assert "@someone's review" in numpy and "@pytest.mark.slow" in numpy  # a decorator is no handle
+    scipy = scrub_people(SCIPY_LIKE, cfg.person_keys, cfg.credits)
+    assert scipy == "Improve the plot1d method.\nMail questions to please."
+    curl = scrub_people(CURL_LIKE_BODY, cfg.person_keys, cfg.credits)
+    assert "Jane" not in curl and "Max Dymond" not in curl and "@" not in curl
+
+
+def test_credit_phrases_are_configurable():
+    body = "Fix the parser. Paired with Ann Other."
+    assert scrub_people(body, FromGitConfig().person_keys, FromGitConfig().credits) == body
+    custom = FromGitConfig(credit_phrases="paired with")
+    assert scrub_people(body, custom.person_keys, custom.credits) == "Fix the parser."
+
+
+def test_wrapped_first_paragraphs_give_their_first_line_as_subject():
+    message = ("Add a new option to resize panes which many people have asked\nfor over the years.\n\n"
+               "The body.")
+    assert split_message(message) == ("Add a new option to resize panes which many people have asked",
+                                      "for over the years.\n\nThe body.", True)
+    assert split_message("One line subject\n\nBody.") == ("One line subject", "Body.", False)
+
+
+@pytest.fixture
+def tmux_like_repo(tmp_path):
+    """Fay: 8 commits whose first paragraph is wrapped and whose bodies credit people; every address in
+    a subject; the last one's subject a paragraph of 30 words."""
+    repo = tmp_path / "tmuxish"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    fay = ("Fay Writer", "fay@example.org")
+    for day in range(1, 9):
+        subject = (f"Change {day} of the status line [fay @ fay@example.org-2006] so that it wraps\n"
+                   "properly when the terminal is narrow")
+        if day == 8:
+            subject = " ".join(["word"] * 30)
+        _commit(repo, day, fay, subject, f"From Gil Helper in GitHub issue {day}.\n\nDetails of change {day}.", day)
+    return repo
+
+
+@pytest.mark.parametrize("mode", ["first-line", "skip"])
+def test_from_git_data_hold_no_address_name_or_paragraph_subject(tmux_like_repo, tmp_path, mode, capsys):
+    out = tmp_path / mode
+    argv = ["data", "from-git", str(tmux_like_repo), str(out), "--train-per-author", "0", "--wrapped-subject", mode]
+    if mode == "skip":  # every subject is wrapped or a paragraph: no question is left, and the error says why
+        assert main(argv) == 2
+        assert "--wrapped-subject" in capsys.readouterr().err
+        return
+    assert main(argv) == 0
+    text = "".join(p.read_text() for p in out.glob("*_*.json"))
+    assert "@example.org" not in text and "Gil" not in text and "Helper" not in text
+    questions = [ex for s in ("train", "dev", "test") for ex in load_split(out, s, "commit-subject").examples]
+    assert all(len(ex.gold.split()) <= 25 for ex in questions)  # the 30-word subject is no question
+    assert questions and all(ex.gold.endswith("so that it wraps") for ex in questions)
+    assert all("properly when the terminal is narrow" in ex.input for ex in questions)

@@ -57,7 +57,7 @@ def _cmd_data_synth(args) -> None:
     from prlm.data.synthetic import SyntheticConfig, write_synthetic
 
     cfg = config_from_args(SyntheticConfig, args)
-    check_output_dir(args.out)
+    check_output_dir(args.out, made_by="prlm data synth")
     write_synthetic(args.out, **to_dict(cfg))
     print(f"wrote the synthetic task to {args.out}/ (train, dev, test in LaMP's layout, meta.json)")
 
@@ -73,25 +73,17 @@ def _cmd_data_from_git(args) -> None:
 
 
 def _cmd_data_check(args) -> None:
-    from prlm.data import SPLITS, load_split, split_stats
-    from prlm.data.lamp import split_files
+    from prlm.data.lamp import check_splits
 
-    splits = SPLITS if args.split == "all" else (args.split,)
-    found = 0
-    for split in splits:
-        try:
-            split_files(args.dir, split)
-        except PrlmError:
-            if args.split != "all":
-                raise
-            continue
-        stats = split_stats(load_split(args.dir, split, args.task, allow_empty_profiles=args.allow_empty_profiles,
-                                       allow_task_mismatch=args.allow_task_mismatch))
+    found = check_splits(args.dir, args.split, args.task, allow_empty_profiles=args.allow_empty_profiles,
+                         allow_task_mismatch=args.allow_task_mismatch)
+    for stats in found:
         print(json.dumps(stats))
-        found += 1
-    if not found:
-        raise PrlmError(f"no split found in '{args.dir}' (expected {{train,dev,test}}_questions.json)")
-    print(f"ok: {found} split(s) of '{args.dir}' are valid for task {args.task}")
+    longest = max((s for s in found if s["gold_words_max"] is not None), key=lambda s: s["gold_words_max"],
+                  default=None)
+    print(f"ok: {len(found)} split(s) of '{args.dir}' are valid for task {args.task}"
+          + (f"; the longest gold has {longest['gold_words_max']} words ({longest['split']} "
+             f"'{longest['longest_gold_id']}')" if longest else ""))
 
 
 def _cmd_rescore(args) -> None:
@@ -156,6 +148,18 @@ def _cmd_run(args) -> None:
     report = Path(cfg.out) / ("final-test" if args.final else "eval") / "report.md"
     if status.get("report") == "skipped" and report.is_file():
         print(report.read_text(encoding="utf-8"), end="")
+
+
+def _cmd_check(args) -> None:
+    from prlm.check import check_config
+
+    results = [check_config(path, kind=args.kind, overrides=args.set) for path in args.configs]
+    for result in results:
+        print("\n".join(result.lines()))
+    missing = [f"{r.path}: {option} {path}" for r in results for option, path, _ in r.missing]
+    if missing and args.strict:
+        raise PrlmError(f"{len(missing)} path(s) to read are missing and no config beside them makes them, e.g. "
+                        f"{missing[0]}")
 
 
 def _cmd_results_add(args) -> None:
@@ -279,8 +283,9 @@ def _add_data_commands(sub) -> None:
     p.add_argument("--allow-task-mismatch", action="store_true",
                    help="accept data whose outputs file or input instruction names another task")
     p.set_defaults(func=_cmd_data_check)
-    p = data.add_parser("from-git", help="build a commit-subject dataset (LaMP's schema, time-based split, "
-                                         "anonymised authors) from a local git repository")
+    p = data.add_parser("from-git", help="build a commit-subject dataset (LaMP's schema, time-based split, authors "
+                                         "numbered, addresses, credits and @handles removed) from a local git "
+                                         "repository")
     p.add_argument("repo", help="root of a local git repository")
     p.add_argument("out", help="folder to write (train, dev, test in LaMP's layout, meta.json)")
     from prlm.data.from_git import FromGitConfig
@@ -329,6 +334,20 @@ def _add_study_commands(sub) -> None:
                         "chose (trains only what is missing); results in OUT/final-test/")
     p.set_defaults(func=_cmd_run)
 
+    from prlm.check import KINDS
+
+    p = sub.add_parser("check", help="check config files without running them: recognise each one's kind, validate "
+                                     "its keys and values as its command would, look up the paths it reads; loads "
+                                     "no model")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML config file(s), e.g. configs/*.yaml")
+    p.add_argument("--kind", default="", choices=("",) + tuple(KINDS), metavar="KIND",
+                   help=f"the config's kind when it cannot be recognised: {', '.join(KINDS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override, as `prlm run`/`prlm sweep` take it: --set data=MY_DATA (repeatable)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 2 when a path the config reads is missing and no config beside it makes it")
+    p.set_defaults(func=_cmd_check)
+
 
 def _add_results_commands(sub) -> None:
     """results add, results add-curve and report: the committed records and their tables."""
@@ -369,13 +388,21 @@ def _add_results_commands(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+# The shell's code for a command stopped by SIGINT (128 + 2): scripts and make see it as interrupted.
+INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except PrlmError as err:
         print(f"prlm: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every stage writes atomically and records itself only when done, so a rerun resumes.
+        print("\nprlm: interrupted; run the same command again to resume", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 

@@ -99,23 +99,9 @@ def authors_rouge(prediction: str, gold: str) -> dict[str, float]:
 
 
 def lamp_mean(values: Sequence[float], seed: int = 0, samples: int = LAMP_BOOTSTRAP_SAMPLES) -> float:
-    """A mean as LaMP's evaluator reports it: `evaluate`'s rouge with its default aggregator, i.e. rouge_score's
-    `BootstrapAggregator` (1,000 resamples of the examples, the median of their means). Its global numpy
-    generator is seeded here and restored afterwards; LaMP's run is unseeded, so its figure moves by about
-    a tenth of the interval between runs, and this one is one draw of it."""
-    from rouge_score import scoring
-
-    if not len(values):
-        raise PrlmError("lamp_mean needs at least one score")
-    aggregator = scoring.BootstrapAggregator(n_samples=samples)
-    for value in values:
-        aggregator.add_scores({"f": scoring.Score(precision=value, recall=value, fmeasure=value)})
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        return float(aggregator.aggregate()["f"].mid.fmeasure)
-    finally:
-        np.random.set_state(state)
+    """One metric's mean as LaMP's evaluator reports it (`lamp_aggregate` of one score per example)."""
+    return lamp_aggregate({str(i): {"f": v} for i, v in enumerate(values)}, keys=("f",), samples=samples,
+                          seed=seed)["f"]
 
 
 def meteor_status() -> str | None:
@@ -164,6 +150,36 @@ def score_predictions(
     if how == "lamp":
         means.update({k: lamp_mean([m[k] for m in per_example.values()], seed) for k in ROUGE_KEYS if k in means})
     return per_example, means
+
+
+
+
+def lamp_aggregate(per_example: Mapping[str, dict], keys: Sequence[str] = ("rouge1", "rougeL"),
+                   samples: int = LAMP_BOOTSTRAP_SAMPLES, seed: int = 0) -> dict[str, float]:
+    """LaMP's number for each metric: its evaluator scores with `evaluate`'s ROUGE, whose aggregator (rouge_score's
+    BootstrapAggregator, used here) reports the median of `samples` bootstrap means of the per-question scores,
+    drawn for each metric in turn. LaMP draws them unseeded; here `seed` fixes them, so a run has one number.
+    prlm's own metrics are the plain means, which this approaches (about 1e-4 apart at LaMP's size)."""
+    from rouge_score.scoring import BootstrapAggregator, Score
+
+    if not per_example:
+        raise PrlmError("LaMP's aggregation needs at least one scored question")
+    aggregator = BootstrapAggregator(n_samples=samples)
+    for metrics in per_example.values():
+        aggregator.add_scores({k: Score(precision=0.0, recall=0.0, fmeasure=metrics[k]) for k in keys})
+    state = np.random.get_state()  # the aggregator draws from numpy's global generator
+    np.random.seed(seed)
+    try:
+        result = aggregator.aggregate()
+    finally:
+        np.random.set_state(state)
+    return {k: float(result[k].mid.fmeasure) for k in keys}
+
+
+def lamp_aggregation_note(lamp: dict, samples: int = LAMP_BOOTSTRAP_SAMPLES, seed: int = 0) -> str:
+    values = ", ".join(f"{k} {v:.4f}" for k, v in lamp.items())
+    return (f"LaMP's aggregation (median of {samples} bootstrap means, seed {seed}): {values}; the table above "
+            "holds the plain means")
 
 
 @dataclass

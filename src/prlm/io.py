@@ -1,7 +1,7 @@
 """Atomic file writes, JSONL helpers and output-folder checks: nothing is ever
 left half-written, files get the modes the user's umask gives (so datasets and
 run folders can be shared on a cluster), and an output folder that cannot be
-written is refused before any work starts."""
+written, or that holds files prlm did not make, is refused before any work starts."""
 
 from __future__ import annotations
 
@@ -71,10 +71,61 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def check_output_dir(path: str | Path, option: str = "--out") -> None:
-    """Refuse an output folder that cannot be made or written, before any work starts
-    (otherwise the failure comes at the first write, after the whole generation or
-    training). Creates nothing."""
+# A prlm output folder holds this file: the only folders a command writes into are those it made
+# (or that are empty), so a path that points at the user's own files is refused instead of overwritten.
+OUTPUT_MARKER = ".prlm-output.json"
+# Folders made before the marker existed are recognised by what prlm writes first in them: a run or study
+# folder by these names, a dataset by its meta.json (which says which command made it).
+_LEGACY_SIGNS = ("stages", "summary.json", "train_config.json", "checkpoints", "train_log.jsonl", "study.yaml",
+                 "prlm_rm_config.json")
+_LEGACY_DATA = {"prlm data synth": ("generator", "prlm.data.synthetic"),
+                "prlm data from-git": ("source", "git log --no-merges")}
+
+
+def folder_maker(path: str | Path) -> str | None:
+    """Which prlm command made the folder ('' when it is new or empty, 'prlm' for a run folder made before the
+    marker), or None when it holds files prlm did not make."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return None if path.exists() else ""
+    names = {entry.name for entry in path.iterdir()}
+    if not names:
+        return ""
+    if OUTPUT_MARKER in names:
+        return str(_read_json_or_empty(path / OUTPUT_MARKER).get("made_by", "prlm"))
+    if names & set(_LEGACY_SIGNS):
+        return "prlm"
+    meta = _read_json_or_empty(path / "meta.json") if "meta.json" in names else {}
+    return next((maker for maker, (key, value) in _LEGACY_DATA.items() if meta.get(key) == value), None)
+
+
+def _read_json_or_empty(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_not_users_folder(path: str | Path, option: str = "--out", fix: str = "", made_by: str = "") -> None:
+    """Refuse a folder that holds files prlm did not make, or, with `made_by`, that another command made (a
+    dataset from `from-git` is no place for the synthetic set): they would be overwritten. `fix` says what to do."""
+    from prlm import PrlmError
+
+    maker = folder_maker(path)
+    if maker is None:
+        raise PrlmError(f"{option} '{path}' holds files prlm did not make (no {OUTPUT_MARKER}), which would be "
+                        f"overwritten; {fix or 'choose a new or empty folder'}")
+    if made_by and maker and maker != made_by and not (maker == "prlm" and made_by not in _LEGACY_DATA):
+        raise PrlmError(f"{option} '{path}' was made by `{maker}`, which `{made_by}` would overwrite; "
+                        f"{fix or 'choose a new or empty folder'}")
+
+
+def check_output_dir(path: str | Path, option: str = "--out", fix: str = "", made_by: str = "") -> None:
+    """Refuse an output folder that cannot be made or written, or that holds the user's own files, before any
+    work starts (otherwise the failure comes at the first write, after the whole generation or training).
+    Writability is tried with a temporary file (permissions lie as root, and /proc or /sys refuse files
+    whatever they say); nothing is left behind."""
     from prlm import PrlmError
 
     path = Path(path).expanduser()
@@ -89,7 +140,30 @@ def check_output_dir(path: str | Path, option: str = "--out") -> None:
     if not existing.is_dir():
         raise PrlmError(f"{option} '{path}': '{existing}' is a file, so no folder can be made under it; "
                         "choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "folder" if existing == path else f"nearest existing folder '{existing}'"
+    what = "folder" if existing == path else f"nearest existing folder '{existing}'"
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_file(existing):
         raise PrlmError(f"{option} '{path}': the {what} is not writable by this user; "
                         "choose a writable path or fix its permissions")
+    check_not_users_folder(path, option, fix, made_by)
+
+
+def _can_create_file(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".prlm-write-test."):
+            return True
+    except OSError:
+        return False
+
+
+def claim_output_dir(path: str | Path, made_by: str, option: str = "--out", fix: str = "") -> Path:
+    """The output folder, checked (`check_output_dir`), created, and marked as prlm's so that later runs
+    may write into it again. Call it when the work starts writing, after the inputs were checked."""
+    check_output_dir(path, option, fix, made_by)
+    path = Path(path).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / OUTPUT_MARKER
+    if not marker.is_file():
+        from datetime import UTC, datetime
+
+        atomic_write_json(marker, {"made_by": made_by, "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    return path

@@ -21,6 +21,8 @@ A mistake raises `PrlmError` with one line that names the key; the CLI prints it
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import functools
@@ -61,6 +63,26 @@ def check_device(name: str, value: str) -> None:
         raise PrlmError(f"{name}='{value}' is not a device; use auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps")
 
 
+_INPUT_CHECKS = contextvars.ContextVar("prlm_input_checks", default=True)
+
+
+def checks_inputs() -> bool:
+    """Whether a config's `__post_init__` should look at the files it reads (a model folder, an earlier run's
+    config); false only inside `without_input_checks`."""
+    return _INPUT_CHECKS.get()
+
+
+@contextlib.contextmanager
+def without_input_checks():
+    """Build configs without looking at the files they read: `prlm check` looks them up itself, and says
+    which earlier stage makes one that is not there yet."""
+    token = _INPUT_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _INPUT_CHECKS.reset(token)
+
+
 # --- shared bases ----------------------------------------------------------------
 # Fields that several stage configs have, with one name, one default and one help text.
 
@@ -95,13 +117,13 @@ def check_values(cls: type, values: Any, source: str, prefix: str = "") -> dict:
             raise PrlmError(f"{source}: unknown option '{name}'{_hint(key, fields)}")
         section = fields[key].metadata.get("section")
         if section is not None and value is not None:
-            checked[key] = check_values(_resolve(section), value, source, prefix=f"{name}.")
+            checked[key] = check_values(resolve_class(section), value, source, prefix=f"{name}.")
         else:
             checked[key] = _check_type(name, value, hints[key], source)
     return checked
 
 
-def _resolve(section: type | str) -> type:
+def resolve_class(section: type | str) -> type:
     """A section's class, or 'module:Class' imported now: a high-level config names the configs of the
     stages it runs without importing them (and their torch) when its module loads."""
     if isinstance(section, str):

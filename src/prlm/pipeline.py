@@ -18,9 +18,18 @@ from prlm.answers import (
     stop_strings,
 )
 from prlm.data import get_task, load_split
-from prlm.evaluation import ROUGE_HELP, check_rouge_choice, environment, meteor_status, score_predictions, write_run
+from prlm.evaluation import (
+    ROUGE_HELP,
+    check_rouge_choice,
+    environment,
+    lamp_aggregate,
+    lamp_aggregation_note,
+    meteor_status,
+    score_predictions,
+    write_run,
+)
 from prlm.generation import GenerationConfig, SamplingParams, make_generator
-from prlm.io import check_output_dir
+from prlm.io import claim_output_dir
 from prlm.options import check_choice, opt
 from prlm.prompts import PROMPT_METHODS, PROMPT_STYLE_HELP, build_prompts, check_prompt_style
 from prlm.retrieval import ProfileDataConfig, make_retriever, retrieve_each
@@ -42,6 +51,11 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
                                     "test set). Golds are neither needed nor scored.")
     allow_task_mismatch: bool = opt(False, "Run even when the data say they belong to another task (the outputs "
                                            "file's `task` field, or the instruction the inputs start with).")
+    lamp_aggregation: bool = opt(False, "Also report LaMP's number (summary.json `lamp_aggregation`): the median of "
+                                        "1,000 bootstrap means of ROUGE-1 and ROUGE-L, as LaMP's evaluator reports "
+                                        "it, with a fixed seed; `metrics` stay the plain means.")
+    allow_partial: bool = opt(False, "With predict_only and limit: write a submission of the first N questions on "
+                                     "purpose (LaMP's evaluator refuses one whose ids differ from the golds').")
 
     def __post_init__(self):
         GenerationConfig.__post_init__(self)
@@ -51,6 +65,10 @@ class EvalConfig(GenerationConfig, ProfileDataConfig):
         check_rouge_choice("rouge", self.rouge)
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
+        if self.predict_only and self.limit and not self.allow_partial:
+            raise PrlmError(f"--predict-only with --limit {self.limit} writes a submission of {self.limit} questions "
+                            "only, which LaMP's evaluator refuses (its ids must match the golds'): drop --limit, or "
+                            "pass --allow-partial to write a partial file on purpose")
         if self.force_answer_tokens < 0:
             raise PrlmError(f"force_answer_tokens must be >= 0 (0 = off), got {self.force_answer_tokens}")
         if self.method == "no-profile":
@@ -65,7 +83,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
     `retriever` to reuse retrievals computed once (e.g. `RankedRetriever`).
     """
     started = time.time()
-    check_output_dir(cfg.out)  # before any model loads: a bad --out would otherwise fail after generation
+    claim_output_dir(cfg.out, "prlm eval")  # before any model loads: a bad --out would otherwise fail after generation
     task = get_task(cfg.task)
     examples = _questions(cfg, task)
     if retriever is None:
@@ -91,6 +109,11 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
             "metrics": per_example[ex.id],
             **({"format_ok": formatted[index], "forced_answer": index in forced} if reasons else {}),
         })
+    notes = [note for note in [meteor_status()] if note]
+    lamp = None
+    if cfg.lamp_aggregation and not cfg.predict_only:
+        lamp = lamp_aggregate(per_example, seed=cfg.seed)
+        notes.append(lamp_aggregation_note(lamp, seed=cfg.seed))
     summary = {
         "name": Path(cfg.out).name,
         **({"format_rate": sum(formatted) / len(rows), "forced_answers": len(forced)} if reasons else {}),
@@ -100,9 +123,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True, generator=None, tokenizer=N
         "predict_only": cfg.predict_only,
         "n": len(rows),
         "metrics": means,
+        **({"lamp_aggregation": lamp} if lamp else {}),
         "empty_answers": sum(not r["answer"] for r in rows),
         "config": asdict(cfg),
-        "notes": [note for note in [meteor_status()] if note],
+        "notes": notes,
         "environment": environment(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_time_s": round(time.time() - started, 1),

@@ -28,6 +28,7 @@ from types import MappingProxyType
 import yaml
 
 from prlm import PrlmError
+from prlm.io import check_output_dir, claim_output_dir
 from prlm.options import check_choice, load_config, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.stages import Stage, run_stages
@@ -448,9 +449,18 @@ def _record_retrieval(cfg: StudyConfig, folder: Path, depth: int) -> None:
             for ex, row in zip(dataset.examples, rows)])
 
 
+def check_data_folder(cfg: StudyConfig) -> None:
+    """With `synthetic` set, the data stage writes the synthetic set into `data`: a folder holding the user's own
+    files (the obvious `--set data=MY_DATA` on a synthetic recipe) is refused, not overwritten."""
+    if cfg.synthetic is not None:
+        check_output_dir(cfg.data, "data", fix="set synthetic: null (--set synthetic=null) to use the folder as the "
+                                              "data, or set data to a new path for the synthetic set",
+                         made_by="prlm data synth")
+
+
 def run_study(cfg: StudyConfig, final: bool = False, command: str = "", recipe: str = "") -> dict[str, str]:
     """Run (or resume) the study; `final` adds nothing to training and evaluates the test split once."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_data_folder(cfg)
+    out = claim_output_dir(cfg.out, "prlm run", "out")
     (out / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     return run_stages(out, build_stages(cfg, final=final, command=command, recipe=recipe))

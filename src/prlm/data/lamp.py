@@ -270,5 +270,38 @@ def split_stats(dataset: Dataset) -> dict:
         if dataset.examples
         else 0,
         "gold_words_mean": round(statistics.mean(gold_words), 1) if gold_words else None,
+        **_longest_gold(dataset),
         "golds": dataset.has_golds,
     }
+
+
+def _longest_gold(dataset: Dataset) -> dict:
+    """The longest gold output, words and id: a paragraph-long 'subject' shows here, not in the mean."""
+    with_golds = [ex for ex in dataset.examples if ex.gold is not None]
+    if not with_golds:
+        return {"gold_words_max": None, "longest_gold_id": None}
+    longest = max(with_golds, key=lambda ex: len(ex.gold.split()))
+    return {"gold_words_max": len(longest.gold.split()), "longest_gold_id": longest.id}
+
+
+def check_splits(data_dir: str | Path, split: str, task: str | Task, allow_empty_profiles: bool = False,
+                 allow_task_mismatch: bool = False) -> list[dict]:
+    """`prlm data check`: the statistics of `split` (or of every split found, with 'all'), each split loaded and
+    validated; a split with no question is refused (every command would have nothing to do on it)."""
+    found = []
+    for name in SPLITS if split == "all" else (split,):
+        try:
+            questions, _ = split_files(data_dir, name)
+        except PrlmError:
+            if split != "all":
+                raise
+            continue
+        dataset = load_split(data_dir, name, task, allow_empty_profiles=allow_empty_profiles,
+                             allow_task_mismatch=allow_task_mismatch)
+        if not dataset.examples:
+            raise PrlmError(f"{questions}: split '{name}' has no questions; add some, or remove its files if the "
+                            "dataset has no such split")
+        found.append(split_stats(dataset))
+    if not found:
+        raise PrlmError(f"no split found in '{data_dir}' (expected {{train,dev,test}}_questions.json)")
+    return found

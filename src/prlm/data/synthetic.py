@@ -36,7 +36,7 @@ from pathlib import Path
 from prlm import PrlmError
 from prlm.data.lamp import SPLITS, Example, save_split
 from prlm.data.tasks import get_task
-from prlm.io import atomic_write_json
+from prlm.io import atomic_write_json, claim_output_dir
 
 TASK_NAME = "synthetic"
 
@@ -449,8 +449,8 @@ def write_synthetic(
         actions_per_user=actions_per_user,
         seed=seed,
     )
+    out_dir = claim_output_dir(out_dir, "prlm data synth")
     data = generate(cfg)
-    out_dir = Path(out_dir)
     task = get_task(TASK_NAME)
     for split in SPLITS:
         save_split(out_dir, split, task, data.splits[split])

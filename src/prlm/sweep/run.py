@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from prlm import PrlmError
+from prlm.io import claim_output_dir
 from prlm.stages import Stage, fingerprint, run_stages
 from prlm.sweep.grid import Cell, SweepConfig, eval_options, sweep_cells
 from prlm.sweep.report import write_sweep_report
@@ -71,11 +72,14 @@ def load_ranked_retriever(cfg: SweepConfig, retriever_name: str):
 
 # --- stages --------------------------------------------------------------------
 
-def build_sweep_stages(cfg: SweepConfig) -> list[Stage]:
+def build_sweep_stages(cfg: SweepConfig, check_models: bool = True) -> list[Stage]:
+    """The sweep's stages, every cell validated; `check_models=False` leaves the trained models to the caller
+    (`prlm check` says which earlier stage makes them)."""
     from prlm.pipeline import EvalConfig
 
     cells = sweep_cells(cfg)
-    _check_models_exist(cfg, cells)
+    if check_models:
+        _check_models_exist(cfg, cells)
     stages = [Stage("data", {"data": cfg.data, "task": cfg.task, "split": cfg.split, "limit": cfg.limit},
                     lambda: _check_data(cfg))]
     used = list(dict.fromkeys(c.retriever for c in cells if c.k))
@@ -147,8 +151,7 @@ def _evaluate(cfg: SweepConfig, cell: Cell, opts: dict, slot: ModelSlot) -> None
 def run_sweep(cfg: SweepConfig, report_only: bool = False, into: str | None = None, command: str = "",
               log=print) -> dict[str, str]:
     """Evaluate what is not done yet (nothing with report_only), then write the report."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(cfg.out, "prlm sweep", "out")
     (out / "sweep.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     started = time.time()
     status = {} if report_only else run_stages(out, build_sweep_stages(cfg), log=log)

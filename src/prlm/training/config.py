@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.options import TrainerOptions, check_choice, opt
+from prlm.options import TrainerOptions, check_choice, checks_inputs, opt
 from prlm.prompts import MAX_PROMPT_TOKENS, PROMPT_STYLE_HELP, check_prompt_style
 from prlm.retrieval import ProfileDataConfig
 from prlm.reward.format import FORMAT_REWARD_HELP, FORMAT_REWARDS
@@ -149,7 +149,7 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
         if self.grpo_questions == "unseen" and not (self.sft_steps or self.warmup_from):
             raise PrlmError("grpo_questions 'unseen' needs a warm-up (sft_steps > 0 or warmup_from); "
                             "without one every question is unseen: use --grpo-questions all")
-        if self.grpo_questions == "unseen" and self.warmup_from:
+        if self.grpo_questions == "unseen" and self.warmup_from and checks_inputs():
             self._check_warmup_share_of(Path(self.warmup_from).parent / "train_config.json")
         if self.dev_eval_steps < 0:
             raise PrlmError(f"dev_eval_steps must be >= 0 (0 = off), got {self.dev_eval_steps}")
@@ -161,7 +161,7 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
                             f"({self.sft_micro_batch}); e.g. --sft-micro-batch {self.sft_batch_size}")
         if not self.out:
             raise PrlmError("out is required: pass --out runs/NAME")
-        if self.warmup_from and not (Path(self.warmup_from) / "config.json").is_file():
+        if self.warmup_from and checks_inputs() and not (Path(self.warmup_from) / "config.json").is_file():
             raise PrlmError(f"warmup_from '{self.warmup_from}' holds no model (no config.json); point it at the "
                             "sft-model folder of a finished run, e.g. runs/commit-subject/train/sft-model")
         if self.num_generations < 2:

@@ -18,7 +18,7 @@ from pathlib import Path
 from prlm import PrlmError
 from prlm.answers import ANSWER_CLOSE, REASONING_METHOD, reply_after_prefill
 from prlm.data import get_task
-from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, claim_output_dir, read_jsonl
 from prlm.prompts import prompted_examples
 from prlm.training.config import TrainConfig
 
@@ -325,8 +325,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = (), retriever=None
     from prlm.models import load_policy
 
     started = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(cfg.out, "prlm train")
     resume_from = last_checkpoint(out) if cfg.resume else None
     if not cfg.resume and last_checkpoint(out) is not None:
         raise PrlmError(f"'{out}' already holds checkpoints: pass --resume to continue, or choose another --out")

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.io import atomic_write_json, atomic_write_jsonl
+from prlm.io import atomic_write_json, atomic_write_jsonl, claim_output_dir
 from prlm.options import TrainerOptions, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.retrieval import ProfileDataConfig
@@ -151,6 +151,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     out, final = Path(cfg.out), Path(cfg.out) / "final"
     if (final / "config.json").is_file():
         raise PrlmError(f"'{final}' already holds a tuned model; choose another --out or delete it")
+    claim_output_dir(out, "prlm sft")
     started = time.time()
     model, tokenizer = load_policy(cfg.model, device="cpu")  # the Trainer moves it to its device
     rows = sft_rows(cfg, tokenizer)
