@@ -135,3 +135,31 @@ def _weights_of_model(folder) -> dict:
 def test_micro_batch_must_divide_the_batch(tiny_data, micro):
     with pytest.raises(PrlmError, match="micro_batch must divide"):
         _cfg(tiny_data, "m", "o", batch_size=4, micro_batch=micro)
+
+
+def test_the_reasoning_format_trains_and_chooses_the_start_grpo_begins_from(tiny_data, tiny_llama_dir, tmp_path,
+                                                                            monkeypatch):
+    """completion_format reasoning: the prlm prompt, the warm-up's <think> then the real output in <answer>,
+    and a dev curve prompted and scored as GRPO's (with a format rate)."""
+    import prlm.training.dev_curve as dev_curve
+    from prlm.answers import REASONING_METHOD
+    from prlm.models import load_policy
+    from prlm.training.sft import sft_rows
+
+    cfg = _cfg(tiny_data, tiny_llama_dir, tmp_path / "run", completion_format="reasoning", max_answer_tokens=64,
+               dev_eval_steps=2, dev_eval_limit=2, dev_max_new_tokens=8)
+    _, tok = load_policy(tiny_llama_dir)
+    rows, plain = sft_rows(cfg, tok), sft_rows(_cfg(tiny_data, tiny_llama_dir, tmp_path / "plain"), tok)
+    assert [r["id"] for r in rows] == [r["id"] for r in plain]
+    for row, answer_only in zip(rows, plain):
+        assert row["completion"].rstrip().endswith(f"<answer>{answer_only['completion']}</answer>")
+        assert "</think>" in row["completion"] and row["prompt"] != answer_only["prompt"]
+
+    methods = []
+    real = dev_curve.evaluate_policy
+    monkeypatch.setattr(dev_curve, "evaluate_policy", lambda *a, **k: methods.append(a[6]) or real(*a, **k))
+    train_sft(cfg)
+    curve = [json.loads(line) for line in (tmp_path / "run" / "dev_curve.jsonl").read_text().splitlines()]
+    assert methods == [REASONING_METHOD] * 2 and all("dev/format_rate" in r for r in curve)
+    with pytest.raises(PrlmError, match="completion_format"):
+        _cfg(tiny_data, tiny_llama_dir, tmp_path / "bad", completion_format="think")

@@ -206,8 +206,11 @@ def make_dev_curve(cfg, tokenizer, log, resumed: bool, retriever=None) -> DevCur
 
 
 def make_rag_dev_curve(cfg, tokenizer) -> RagDevCurve:
-    """sft's curve, logging into OUT/dev_curve.jsonl."""
-    return RagDevCurve(cfg, dev_questions(cfg, tokenizer, method=RAG_METHOD), CurveLog(Path(cfg.out) / CURVE_FILE))
+    """sft's curve, logging into OUT/dev_curve.jsonl; prompted as sft trains (`completion_format`)."""
+    method = REASONING_METHOD if getattr(cfg, "completion_format", "answer") == "reasoning" else RAG_METHOD
+    curve = RagDevCurve(cfg, dev_questions(cfg, tokenizer, method=method), CurveLog(Path(cfg.out) / CURVE_FILE))
+    curve.method = method
+    return curve
 
 
 def plot_learning_curve(run: str | Path, png: str | Path | None = None) -> Path:

@@ -29,9 +29,12 @@ from pathlib import Path
 
 from prlm import PrlmError
 from prlm.io import atomic_write_json, atomic_write_jsonl, claim_output_dir
-from prlm.options import TrainerOptions, opt
+from prlm.options import TrainerOptions, check_choice, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.retrieval import ProfileDataConfig
+
+
+COMPLETION_FORMATS = ("answer", "reasoning")
 
 
 @dataclass
@@ -40,7 +43,13 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
     retriever: str = opt("bm25", "Profile retriever of the RAG prompt (use the evaluation's).")
     k: int = opt(4, "Profile entries per prompt (use the evaluation's).")
     max_prompt_tokens: int = opt(MAX_PROMPT_TOKENS, "Token limit of a prompt (entries share what the input leaves).")
-    max_answer_tokens: int = opt(48, "Tokens of the real output kept as the target (longer ones are cut).")
+    max_answer_tokens: int = opt(48, "Tokens of the target kept (longer ones are cut): the real output, or with "
+                                     "completion_format reasoning the reasoning and the answer together.")
+    completion_format: str = opt("answer", "What the model learns to write: 'answer' (the real output after the "
+                                           "rag prompt: the sft baseline) or 'reasoning' (after the prlm prompt, "
+                                           "the warm-up's short reasoning in <think> and the real output in "
+                                           "<answer>: the supervised start GRPO begins from, trained and chosen on "
+                                           "dev like the baseline).")
     model: str = opt("smollm2-135m", "Policy to start from: 'smollm2-135m', a local folder or a Hugging Face id.")
     epochs: float = opt(1.0, "Passes over the training questions (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Optimisation steps; 0 = run `epochs` passes.")
@@ -68,6 +77,7 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
         for name in ("batch_size", "max_prompt_tokens", "max_answer_tokens"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_choice("completion_format", self.completion_format, COMPLETION_FORMATS)
         if self.max_steps < 0:
             raise PrlmError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
@@ -85,11 +95,21 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
 
 
 def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
-    """One row per training question: the RAG prompt and the user's real output."""
+    """One row per training question: the prompt and its target (`completion_format`): the RAG prompt and the
+    user's real output, or the reasoning prompt and the warm-up's completion (GRPO's `warmup_completion`)."""
+    from prlm.answers import REASONING_METHOD
+    from prlm.data import get_task
     from prlm.prompts import prompted_examples
+    from prlm.training.grpo import warmup_completion
 
-    return [{"id": ex.id, "prompt": prompt.text, "completion": ex.gold, "retrieved_ids": [e["id"] for e in used]}
-            for ex, prompt, used in prompted_examples(cfg, tokenizer, "rag")]
+    if cfg.completion_format == "answer":
+        return [{"id": ex.id, "prompt": prompt.text, "completion": ex.gold,
+                 "retrieved_ids": [e["id"] for e in used]}
+                for ex, prompt, used in prompted_examples(cfg, tokenizer, "rag")]
+    task = get_task(cfg.task)
+    return [{"id": ex.id, "prompt": prompt.text, "completion": warmup_completion(task, used, ex.input, ex.gold),
+             "retrieved_ids": [e["id"] for e in used]}
+            for ex, prompt, used in prompted_examples(cfg, tokenizer, REASONING_METHOD)]
 
 
 def _dev_curve(cfg: SFTConfig, tokenizer) -> list:
