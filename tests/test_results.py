@@ -230,3 +230,17 @@ def test_reasoning_use_measures_how_far_answers_follow_the_quote():
     assert rows[0]["answer_to_quote"] == pytest.approx(1.0)  # the empty answer is left out of the means
     assert rows[0]["gold_to_quote"] == pytest.approx(0.0) and rows[0]["answer_to_gold"] == pytest.approx(0.0)
     assert "| d | dev | prlm | 2 | 1.00 | 1.000 | 0.000 | 0.000 |" in reasoning_use_markdown(rows)
+
+
+def test_the_tables_show_each_records_share_of_degenerate_answers(tmp_path):
+    root = tmp_path / "results"
+    add_record(_run(tmp_path / "prlm", "test", [0.5, 0.4, 0.6, 0.3], "prlm"), root, "ds", "prlm",
+               "fixed in advance", "prlm run y")
+    records = load_records(root)
+    summary, predictions = records[("ds", "test", "prlm")]
+    predictions[0]["answer"], predictions[1]["answer"] = "The user would write: a0", ""
+    _, markdown = render_report(root, f"{SECTION_BEGIN}\n{SECTION_END}\n")
+    assert "| degenerate answers |" in markdown
+    from prlm.results import degenerate_share
+
+    assert degenerate_share(predictions) == 0.5  # one talks about the task, one is empty

@@ -77,6 +77,20 @@ def test_template_phrases_are_parroting(answer):
     assert degenerate_reason(answer) == "parrots the prompt's instructions"
 
 
+@pytest.mark.parametrize("answer", ["The user's closest past subject is \"fix x\"", "The commit fixes the parser",
+                                    "This commit message adds a test", "The new text is about the parser",
+                                    "the user would write: fix"])
+def test_talking_about_the_task_is_degenerate(answer):
+    # What prlm-rl-only learnt once the template itself was refused (issue 23): 89 of 108 answers began so.
+    assert degenerate_reason(answer) == "talks about the task instead of answering"
+
+
+@pytest.mark.parametrize("answer", ["BUG: fix the user cache", "Update the commit-graph docs", "commit: fix x",
+                                    "users: the commit list is sorted", "Thecommit typo"])
+def test_subjects_that_mention_users_or_commits_are_answers(answer):
+    assert degenerate_reason(answer) == ""
+
+
 def test_the_degenerate_check_reads_the_scored_answer(rm_path):
     """The first <answer> is the one parse_completion extracts and the model scores; the check reads the same."""
     reward = PersonalizationReward(rm_path, penalty=-0.5)

@@ -296,12 +296,14 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
             if not methods:
                 continue
             lines += [f"### {data}, {split} split", "",
-                      "| method | n | ROUGE-1 | ROUGE-L | format rate | selected on | recipe | wall time |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| method | n | ROUGE-1 | ROUGE-L | format rate | degenerate answers | selected on | recipe | "
+                      "wall time |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for method in methods:
-                summary = records[(data, split, method)][0]
+                summary, predictions = records[(data, split, method)]
                 lines.append(f"| {method} | {summary['n']} | {_fmt(summary['metrics']['rouge1'])} | "
                              f"{_fmt(summary['metrics']['rougeL'])} | {_fmt(summary.get('format_rate'), 3)} | "
+                             f"{_fmt(degenerate_share(predictions), 3)} | "
                              f"{summary['selected_on']} | {summary['recipe'] or '-'} | {_wall(summary)} |")
             pairs = [r for r in comparison_rows if (r["data"], r["split"]) == (data, split)]
             if pairs:
@@ -320,6 +322,16 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
         lines += ["", "Commands:", ""] + sorted({f"- `{r['command']}`" for r in rm_rows if r.get("command")})
         lines.append("")
     return "\n".join(lines)
+
+
+def degenerate_share(predictions: list[dict]) -> float | None:
+    """Share of a record's answers that the rewards' degenerate check refuses (`reward.degenerate`: empty,
+    parroting the prompt, talking about the task instead of answering ...)."""
+    from prlm.reward.degenerate import degenerate_reason
+
+    if not predictions:
+        return None
+    return sum(bool(degenerate_reason(r["answer"])) for r in predictions) / len(predictions)
 
 
 def reasoning_use_rows(records: dict) -> list[dict]:

@@ -11,7 +11,11 @@ instruction in a row, or holds the placeholder of the authors' answer format
 (`prompts.AUTHORS_FORMATS`: "generated title", "generated tweet"; their
 LaMP-4 reward checks the same). Ordinary words of the instructions ("title",
 "text", "user", "then", "the subject line") are not parroting: real outputs
-use them.
+use them. An answer that talks about the task instead of answering it
+(opening "The user ...", "The commit ...", "This commit message ...": what
+GRPO without a warm-up learnt once the template itself was refused) is
+degenerate too; no gold output of the three shared commit sets (3,101 of
+them) opens that way.
 
 The personalization reward gives a degenerate answer its penalty instead of a
 score; the format reward, with `reject_degenerate`, pays nothing for one
@@ -85,6 +89,17 @@ def parrots_instructions(answer: str) -> bool:
     return False
 
 
+# Openings of an answer that describes the task or the user rather than being the output (lower-case words).
+TASK_TALK_OPENINGS = ("the user", "the commit", "this commit", "the new text", "the text is about")
+
+
+def talks_about_task(answer: str) -> bool:
+    """Whether an answer opens by talking about the task ("The user ...", "This commit message ...")."""
+    opening = " ".join(_words(answer)[:4])
+    return any(opening == phrase or opening.startswith(phrase + " ") or opening.startswith(phrase + "'")
+               for phrase in TASK_TALK_OPENINGS)
+
+
 def degenerate_reason(answer: str, raw_answer_section: str = "") -> str:
     """Why an answer gets the penalty ('' when it is scored)."""
     if not answer.strip():
@@ -98,6 +113,8 @@ def degenerate_reason(answer: str, raw_answer_section: str = "") -> str:
         return "parrots the prompt's instructions"
     if any(placeholder in answer.lower() for placeholder in _placeholders()):
         return "repeats the prompt's placeholder"
+    if talks_about_task(answer):
+        return "talks about the task instead of answering"
     return ""
 
 
