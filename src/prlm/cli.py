@@ -172,6 +172,14 @@ def _cmd_results_add(args) -> None:
           "regenerate the docs with `prlm report`")
 
 
+def _cmd_results_floor(args) -> None:
+    from prlm.floors import run_floor
+
+    summary = run_floor(args.floor, args.task, args.data, args.split, args.out)
+    print(f"{args.floor} on {args.split}: ROUGE-1 {summary['metrics']['rouge1']:.4f}, ROUGE-L "
+          f"{summary['metrics']['rougeL']:.4f} (n={summary['n']}); run folder {args.out}")
+
+
 def _cmd_results_curve(args) -> None:
     from prlm.results import add_curve
 
@@ -370,6 +378,15 @@ def _add_results_commands(sub) -> None:
                         "baseline an ablation or experiment was made against")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.set_defaults(func=_cmd_results_add)
+    p = results.add_parser("floor", help="answer a split with a trivial floor (no model: the first ten words of "
+                                         "the input, the most recent past output, the BM25-nearest past output) "
+                                         "and write a run folder for `results add`")
+    p.add_argument("floor", choices=("floor-first-words", "floor-recent-title", "floor-bm25-title"))
+    p.add_argument("--task", required=True, help="task name, e.g. commit-subject or LaMP-4")
+    p.add_argument("--data", required=True, help="data folder in LaMP's schema")
+    p.add_argument("--split", required=True, help="split to answer (its golds are needed)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.set_defaults(func=_cmd_results_floor)
     p = results.add_parser("add-curve", help="keep a GRPO run's learning curve (step log, dev evaluations, best "
                                              "step) under results/DATA/curves/NAME/")
     p.add_argument("train_out", help="the `out` folder of a `prlm train` run (holds train_log.jsonl)")

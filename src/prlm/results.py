@@ -30,10 +30,13 @@ from prlm.io import atomic_write_json, atomic_write_text
 RESULTS = "results"
 REWARD_MODEL = "reward-model"
 # The methods in reading order; ablations (other names starting with `prlm-`) follow.
-METHODS = ("no-profile", "rag", "sft", "warmup-only", "prlm", "prlm-rl-only")
+METHODS = ("floor-first-words", "floor-recent-title", "floor-bm25-title", "no-profile", "rag", "sft", "warmup-only",
+           "prlm", "prlm-rl-only")
 # (A, B): B minus A, reported wherever both were evaluated on the same split.
 COMPARISONS = (("no-profile", "rag"), ("rag", "sft"), ("rag", "warmup-only"), ("rag", "prlm"),
-               ("warmup-only", "prlm"), ("sft", "prlm"), ("rag", "prlm-rl-only"), ("prlm-rl-only", "prlm"))
+               ("warmup-only", "prlm"), ("sft", "prlm"), ("rag", "prlm-rl-only"), ("prlm-rl-only", "prlm"),
+               # the floors that are the best on some shared set (the first words on two, BM25's on git)
+               ("floor-first-words", "prlm"), ("floor-bm25-title", "prlm"))
 METRICS = ("rougeL", "rouge1")
 SELECTED_ON = ("dev", "fixed in advance")
 BOOTSTRAP_SAMPLES = 10_000
