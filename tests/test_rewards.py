@@ -51,7 +51,8 @@ DEGENERATE_CASES = [
     (PARROTED, 0.0),  # the format example of the prompt, copied (what prlm-rl-only learned)
     (" r</think><answer>Reply with the subject line only.</answer>", 0.0),  # an instruction sentence
     (" r</think><answer>...</answer>", 0.0),  # no letter or digit
-    (" r</think><answer>the user text for the subject line</answer>", 1.0),  # ordinary instruction words
+    (" r</think><answer>user text for the subject line</answer>", 1.0),  # ordinary instruction words
+    (" r</think><answer>The user would write: fix it</answer>", 0.0),  # talks about the task (issue 23)
 ]
 
 
