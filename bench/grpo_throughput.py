@@ -156,7 +156,8 @@ def run(quick: bool, args=None) -> dict:
                    f"{measured['levers']['rate']:.3g} completions/s, **{with_levers['ratio']:.2f} x**"]
     if not step["target_met"]:
         notes.append(f"Throughput target ({TARGET}x) not met: where the time goes is in the parts below.")
-    return {"title": "GRPO throughput", "sizes": {**sizes, "repeats (parts)": repeats}, "comparisons": [step, with_levers],
+    return {"title": "GRPO throughput", "sizes": {**sizes, "repeats (parts)": repeats},
+            "comparisons": [step, with_levers],
             "profile": {"today's parts, median seconds": times,
                         "today's parts against this machine's limits (fp32, torch's threads)": limits},
             "notes": notes}

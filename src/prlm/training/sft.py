@@ -33,7 +33,6 @@ from prlm.options import TrainerOptions, check_choice, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.retrieval import ProfileDataConfig
 
-
 COMPLETION_FORMATS = ("answer", "reasoning")
 
 
