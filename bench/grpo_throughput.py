@@ -30,7 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import DEFAULT_DATA, REPO_ROOT, BenchError, add_size_options, choose_sizes, comparison, measurement
+from bench.common import (
+    DEFAULT_DATA,
+    REPO_ROOT,
+    BenchError,
+    add_size_options,
+    choose_sizes,
+    comparison,
+    measurement,
+    policy_shape,
+)
 from bench.grpo import FULL as GRPO_FULL
 from bench.grpo import against_limits, side_in_subprocess
 
@@ -125,8 +134,6 @@ def parts(sizes: dict, data: str, repeats: int) -> dict:
             logps = prefix_shared_logps(model, ids, mask, new, 0.9, True)[0]
         logps.sum().backward()
     timed("policy forward + backward, prefix-shared, bf16 autocast", bf16_pass)
-    from bench.common import policy_shape
-
     limits = against_limits(times, policy_shape(model), int(enc["attention_mask"].sum()), total, new, "cpu")
     return times, limits
 

@@ -2,16 +2,12 @@
 
 import pytest
 import torch
-from datasets import Dataset
 from trl.trainer.utils import add_fused_lm_head
 
 from prlm.models import load_policy
 from prlm.training.config import TrainConfig
-from prlm.training.grpo import grpo_args
-from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer, prefix_shared_logps
-
-PROMPTS = ["a much longer prompt with many more words than the other ones", "a short prompt",
-           "a prompt of middling length"]  # input order differs from torch.unique's (sorted) order
+from prlm.training.prefix_sharing import prefix_shared_logps
+from trainer_helpers import PROMPTS, grad_close, grads, trainer_and_batch
 
 
 def _batch(tok, prompts, completions_per_prompt, completion_len):
@@ -27,15 +23,6 @@ def _batch(tok, prompts, completions_per_prompt, completion_len):
     return torch.cat([rows, completions], 1), torch.cat([prompt_mask, completion_mask], 1)
 
 
-def _grad_close(shared, stock) -> bool:
-    """Equal up to float32 rounding at the gradient's own scale (the peaked model's run into the hundreds)."""
-    return torch.allclose(shared, stock, atol=1e-5 * max(1.0, stock.abs().max().item()), rtol=1e-4)
-
-
-def _grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("policy", ["peaked_llama_dir", "peaked_gqa_llama_dir"])
 def test_logps_entropies_and_grads_equal_full_rows(policy, request):
     model, tok = load_policy(request.getfixturevalue(policy))
@@ -48,12 +35,12 @@ def test_logps_entropies_and_grads_equal_full_rows(policy, request):
     stock = model(input_ids=input_ids, attention_mask=mask, labels=labels, fused_lm_head=True)
     stock_logps, stock_entropy = stock.log_probs[:, -6:], stock.entropy[:, -6:]
     (stock_logps * weights).sum().backward()
-    stock_grads = _grads(model)
+    stock_grads = grads(model)
     model.zero_grad()
 
     logps, entropy = prefix_shared_logps(model, input_ids, mask, 6, temperature=0.7, compute_entropy=True)
     (logps * weights).sum().backward()
-    shared_grads = _grads(model)
+    shared_grads = grads(model)
 
     # The model is peaked enough for the check to bite: its distributions are far from uniform.
     assert stock_entropy[mask[:, -6:].bool()].mean() < 0.5 * torch.log(torch.tensor(float(len(tok))))
@@ -62,11 +49,7 @@ def test_logps_entropies_and_grads_equal_full_rows(policy, request):
     assert (logps[1, 3:] == 0).all()  # masked completion positions stay zero, as TRL's
     assert stock_grads.keys() == shared_grads.keys()
     for name, grad in stock_grads.items():
-        assert _grad_close(shared_grads[name], grad), name
-
-
-def _reward_by_length(prompts, completions, **kwargs):
-    return [float(len(c)) for c in completions]
+        assert grad_close(shared_grads[name], grad), name
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.04])
@@ -77,37 +60,27 @@ def test_trainer_loss_and_grads_match_stock_trl(peaked_llama_dir, tmp_path, beta
     original = sharing_module.prefix_shared_logps
     monkeypatch.setattr(sharing_module, "prefix_shared_logps",
                         lambda *a, **k: shared_calls.append(1) or original(*a, **k))
-    model, tok = load_policy(peaked_llama_dir)
-    cfg = TrainConfig(task="synthetic", data=str(tmp_path), model=peaked_llama_dir, out=str(tmp_path / "run"),
-                      prompts_per_step=3, num_generations=2, max_completion_length=8, beta=beta, w_pers=0.0,
-                      report_to="none", temperature=1.0)
-    prompts = PROMPTS
-    trainer = PrefixSharingGRPOTrainer(model=model, reward_funcs=[_reward_by_length], args=grpo_args(cfg),
-                                       train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                                       processing_class=tok)
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this test does not run
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer, inputs = trainer_and_batch(peaked_llama_dir, tmp_path, beta=beta)
     assert inputs["completion_ids"].size(0) == 6
     # The groups are not in torch.unique's sorted order, so a wrong group owner cannot go unseen.
     _, owner = torch.unique(torch.cat([inputs["prompt_ids"], inputs["prompt_mask"]], 1), dim=0, return_inverse=True)
     assert owner.tolist() != sorted(owner.tolist())
 
-    def loss_and_grads(sharing):
+    def loss_andgrads(sharing):
         trainer.prefix_sharing = sharing
         trainer.model.zero_grad()
         loss = trainer.compute_loss(trainer.model, inputs)
         loss.backward()
-        return loss.detach(), _grads(trainer.model)
+        return loss.detach(), grads(trainer.model)
 
-    stock_loss, stock_grads = loss_and_grads(False)
+    stock_loss, stock_grads = loss_andgrads(False)
     calls_before = len(shared_calls)
-    shared_loss, shared_grads = loss_and_grads(True)
+    shared_loss, shared_grads = loss_andgrads(True)
     assert len(shared_calls) > calls_before  # the shared path ran, not TRL's fallback
     assert torch.allclose(shared_loss, stock_loss, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in stock_grads.values())
     for name, grad in stock_grads.items():
-        assert _grad_close(shared_grads[name], grad), name
+        assert grad_close(shared_grads[name], grad), name
 
 
 def test_auto_shares_prefixes_on_the_cpu_only(tmp_path):

@@ -2,36 +2,17 @@
 
 import pytest
 import torch
-from datasets import Dataset
 
 from prlm import PrlmError
 from prlm.models import load_policy
 from prlm.training.config import TrainConfig
-from prlm.training.grpo import grpo_args
-from prlm.training.prefix_sharing import PrefixSharingGRPOTrainer
 from prlm.training.sampling_copy import SamplingCopy, importance_ratio
-
-PROMPTS = ["a much longer prompt with many more words than the other ones", "a short prompt",
-           "a prompt of middling length"]
-
-
-def _reward_by_length(prompts, completions, **kwargs):
-    return [float(len(c)) for c in completions]
+from trainer_helpers import grad_close, grads, trainer_and_batch
 
 
 def _trainer_and_batch(policy_dir, tmp_path, mode):
-    model, tok = load_policy(policy_dir)
-    cfg = TrainConfig(task="synthetic", data=str(tmp_path), model=policy_dir, out=str(tmp_path / "run"),
-                      prompts_per_step=3, num_generations=2, max_completion_length=8, w_pers=0.0,
-                      report_to="none", temperature=1.0, sampling_copy="bf16", sampling_correction=mode,
-                      sampling_ratio_min=0.5, sampling_ratio_max=2.0)
-    trainer = PrefixSharingGRPOTrainer(model=model, reward_funcs=[_reward_by_length], args=grpo_args(cfg),
-                                       train_dataset=Dataset.from_list([{"prompt": p} for p in PROMPTS]),
-                                       processing_class=tok)
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this test does not run
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    return trainer, inputs
+    return trainer_and_batch(policy_dir, tmp_path, sampling_copy="bf16", sampling_correction=mode,
+                             sampling_ratio_min=0.5, sampling_ratio_max=2.0)
 
 
 def _policy_logps(trainer, inputs):
@@ -47,11 +28,7 @@ def _loss_and_grads(trainer, inputs):
     trainer.model.zero_grad()
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-
-
-def _close(a, b) -> bool:
-    return torch.allclose(a, b, atol=1e-5 * max(1.0, b.abs().max().item()), rtol=1e-4)
+    return loss.detach(), grads(trainer.model)
 
 
 def test_an_exact_copy_changes_nothing(peaked_llama_dir, tmp_path):
@@ -64,7 +41,7 @@ def test_an_exact_copy_changes_nothing(peaked_llama_dir, tmp_path):
     assert torch.allclose(corrected_loss, plain_loss, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in plain_grads.values())
     for name, grad in plain_grads.items():
-        assert _close(corrected_grads[name], grad), name
+        assert grad_close(corrected_grads[name], grad), name
 
 
 @pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
@@ -93,9 +70,9 @@ def test_a_perturbed_copy_weights_each_token_as_trl_weights_vllm_samples(peaked_
     _, trl_grads = _loss_and_grads(trainer, {**inputs, "importance_sampling_ratio": expected})
     trainer.use_vllm = False
 
-    assert any(not _close(plain_grads[n], g) for n, g in trl_grads.items())  # the weights matter
+    assert any(not grad_close(plain_grads[n], g) for n, g in trl_grads.items())  # the weights matter
     for name, grad in trl_grads.items():
-        assert _close(corrected_grads[name], grad), name
+        assert grad_close(corrected_grads[name], grad), name
     assert trainer._metrics["train"]["sampling/importance_sampling_ratio/max"]
 
 

@@ -86,7 +86,7 @@ def test_dev_best_is_the_first_step_with_the_highest_score(tmp_path, monkeypatch
     monkeypatch.setattr(dev_curve, "evaluate_policy", lambda model, *a: ([], {dev_curve.SCORE_KEY: score_of[model],
                                                                              "dev/answer_words": 1.0}))
     cfg = _cfg("unused", "unused", tmp_path, dev_eval_steps=1)
-    curve = dev_curve.RagDevCurve(cfg, [], dev_curve.CurveLog(tmp_path / dev_curve.CURVE_FILE))
+    curve = dev_curve.SftDevCurve(cfg, [], dev_curve.CurveLog(tmp_path / dev_curve.CURVE_FILE))
     for step in range(1, 5):
         curve.record(step, curve.evaluate(step, step, None))  # the "model" is its step
     assert recorder.saved[-1] == best_step

@@ -7,8 +7,9 @@ As `../shared/data/README.md` measures them (ROUGE with rouge-score, no stemming
 - `floor-recent-title`: the user's most recent past output: the first profile entry, as the shared data
   list profiles newest first (by commit order: on git-commit-subject 95 of 157 test profiles are not
   ordered by their author dates, and the README's figure is the first entry's);
-- `floor-bm25-title`: the past output of the profile entry nearest to the input by BM25 (rank_bm25's Okapi
-  over each entry's retrieval text, whitespace tokens; ties keep the earlier entry).
+- `floor-bm25-title`: the past output of the profile entry nearest to the input by BM25 (the `bm25`
+  retriever: rank_bm25's Okapi scores over each entry's retrieval text, whitespace tokens; ties keep the
+  earlier entry).
 
 A method that does not beat all three has learnt nothing about the user that copying would not give.
 `run_floor` writes a run folder like `prlm eval`'s, which `prlm results add` keeps as a record.
@@ -17,10 +18,13 @@ A method that does not beat all three has learnt nothing about the user that cop
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
+from prlm import PrlmError
 from prlm.data import Example, Task, get_task, load_split
 from prlm.evaluation import environment, score_predictions, write_run
+from prlm.retrieval import BM25Retriever
 
 FIRST_WORDS = 10
 FLOORS = ("floor-first-words", "floor-recent-title", "floor-bm25-title")
@@ -34,15 +38,9 @@ def recent_output(task: Task, example: Example) -> str:
     return str(example.profile[0][task.output_field]) if example.profile else ""
 
 
-def bm25_nearest_output(task: Task, example: Example) -> str:
-    from rank_bm25 import BM25Okapi
-
-    entries = example.profile
-    if not entries:
-        return ""
-    scores = BM25Okapi([task.entry_text(e).split() for e in entries]).get_scores(task.query(example.input).split())
-    best = max(range(len(entries)), key=lambda i: (scores[i], -i))
-    return str(entries[best][task.output_field])
+def bm25_nearest_output(task: Task, example: Example, retriever: BM25Retriever | None = None) -> str:
+    nearest, _ = (retriever or BM25Retriever(task))(task.query(example.input), example.profile, 1)
+    return str(nearest[0][task.output_field]) if nearest else ""
 
 
 ANSWERS = {"floor-first-words": first_words, "floor-recent-title": recent_output,
@@ -51,14 +49,15 @@ ANSWERS = {"floor-first-words": first_words, "floor-recent-title": recent_output
 
 def run_floor(name: str, task_name: str, data: str | Path, split: str, out: str | Path) -> dict:
     """Answer every question of `split` with floor `name`, score it and write a run folder to `out`."""
-    from prlm import PrlmError
-
     if name not in ANSWERS:
         raise PrlmError(f"unknown floor '{name}'; use one of {', '.join(FLOORS)}")
     started = time.time()
     task = get_task(task_name)
     examples = load_split(data, split, task, allow_empty_profiles=True, require_golds=True).examples
-    answers = {ex.id: ANSWERS[name](task, ex) for ex in examples}
+    answer = ANSWERS[name]
+    if name == "floor-bm25-title":  # one retriever for the split: its caches of tokenised entries are reused
+        answer = partial(bm25_nearest_output, retriever=BM25Retriever(task))
+    answers = {ex.id: answer(task, ex) for ex in examples}
     per_example, means = score_predictions(answers, {ex.id: ex.gold for ex in examples}, with_meteor=False)
     rows = [{"id": ex.id, "user_id": ex.user_id, "answer": answers[ex.id], "gold": ex.gold,
              "metrics": per_example[ex.id]} for ex in examples]

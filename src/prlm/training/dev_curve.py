@@ -14,9 +14,9 @@ log next to the training rewards (`dev/rougeL`, `dev/format_rate`,
 `OUT/dev_evals/step-N.jsonl`, and the policy best on dev ROUGE-L into
 `OUT/best` (model, tokenizer and `best.json`).
 
-The supervised baseline (`prlm sft`) keeps the same curve over its own prompt
-(`RagDevCurve`): the `rag` prompt, answers read up to EOS as `prlm eval
---method rag` reads them, no step 0 (its candidates are trained steps), each
+`prlm sft` keeps the same curve over the prompt it trains on (`SftDevCurve`):
+the `rag` prompt, answers read up to EOS as `prlm eval --method rag` reads
+them (or, for the reasoning-format start, the reasoning prompt), no step 0 (its candidates are trained steps), each
 evaluation a row of `OUT/dev_curve.jsonl`. In both, a later step replaces
 `OUT/best` only when it scores strictly higher: a tie keeps the earlier step.
 """
@@ -185,14 +185,18 @@ class DevCurve(TrainerCallback):
         self.best_score = summary[SCORE_KEY]
 
 
-class RagDevCurve(DevCurve):
-    """sft's curve: the `rag` prompt it trains on, answers of `dev_max_new_tokens` read up to EOS (as
-    `prlm eval --method rag`), evaluated every `dev_eval_steps` steps and at the last, never at step 0 (the
-    untrained model is not a step count to choose); each evaluation is its own row of `log`, since
-    SFTTrainer keeps no step log of prlm's."""
+class SftDevCurve(DevCurve):
+    """sft's curve, prompted as sft trains (`completion_format`): the `rag` prompt and answers read up to EOS
+    (as `prlm eval --method rag`), or the reasoning prompt as GRPO's curve; answers of `dev_max_new_tokens`,
+    evaluated every `dev_eval_steps` steps and at the last, never at step 0 (the untrained model is not a
+    step count to choose); each evaluation is its own row of `log`, since SFTTrainer keeps no step log of
+    prlm's."""
 
-    method = RAG_METHOD
     at_start = False
+
+    def __init__(self, cfg, questions: list[DevQuestion], log, method: str = RAG_METHOD):
+        super().__init__(cfg, questions, log)
+        self.method = method
 
     def record(self, step: int, summary: dict) -> None:
         self.log.append({"step": step, **summary})
@@ -205,12 +209,11 @@ def make_dev_curve(cfg, tokenizer, log, resumed: bool, retriever=None) -> DevCur
     return DevCurve(cfg, dev_questions(cfg, tokenizer, retriever), log, resumed)
 
 
-def make_rag_dev_curve(cfg, tokenizer) -> RagDevCurve:
-    """sft's curve, logging into OUT/dev_curve.jsonl; prompted as sft trains (`completion_format`)."""
-    method = REASONING_METHOD if getattr(cfg, "completion_format", "answer") == "reasoning" else RAG_METHOD
-    curve = RagDevCurve(cfg, dev_questions(cfg, tokenizer, method=method), CurveLog(Path(cfg.out) / CURVE_FILE))
-    curve.method = method
-    return curve
+def make_sft_dev_curve(cfg, tokenizer) -> SftDevCurve:
+    """sft's curve, logging into OUT/dev_curve.jsonl."""
+    method = REASONING_METHOD if cfg.completion_format == "reasoning" else RAG_METHOD
+    return SftDevCurve(cfg, dev_questions(cfg, tokenizer, method=method), CurveLog(Path(cfg.out) / CURVE_FILE),
+                       method)
 
 
 def plot_learning_curve(run: str | Path, png: str | Path | None = None) -> Path:

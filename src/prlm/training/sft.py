@@ -118,12 +118,12 @@ def _dev_curve(cfg: SFTConfig, tokenizer) -> list:
         return []
     import shutil
 
-    from prlm.training.dev_curve import BEST_FOLDER, CURVE_FILE, make_rag_dev_curve
+    from prlm.training.dev_curve import BEST_FOLDER, CURVE_FILE, make_sft_dev_curve
 
     out = Path(cfg.out)
     shutil.rmtree(out / BEST_FOLDER, ignore_errors=True)
     (out / CURVE_FILE).unlink(missing_ok=True)
-    return [make_rag_dev_curve(cfg, tokenizer)]
+    return [make_sft_dev_curve(cfg, tokenizer)]
 
 
 def _dev_summary(callbacks: list) -> dict:
