@@ -99,6 +99,25 @@ def test_config_errors_say_how_to_fix(tiny_data):
         TrainConfig(data=tiny_data, out="o", w_pers=0, accuracy_metrics="bleu")
 
 
+def test_policy_update_levers_reach_trl(tiny_data):
+    from trl import GRPOConfig
+
+    cfg = TrainConfig(data=tiny_data, out="o", w_pers=0, epsilon_high=0.28, scale_rewards="none", num_iterations=2,
+                      max_grad_norm=0.0)
+    args = GRPOConfig(**grpo_kwargs(cfg))
+    assert (args.epsilon, args.epsilon_high) == (0.2, 0.28)
+    assert args.scale_rewards == "none" and args.num_iterations == 2 and args.max_grad_norm == 0.0
+    assert GRPOConfig(**grpo_kwargs(TrainConfig(data=tiny_data, out="o", w_pers=0))).epsilon_high is None  # = epsilon
+    with pytest.raises(PrlmError, match="scale_rewards"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, scale_rewards="std")
+    with pytest.raises(PrlmError, match="--epsilon-high 0.28"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, epsilon_high=-1)
+    with pytest.raises(PrlmError, match="num_iterations"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, num_iterations=0)
+    with pytest.raises(PrlmError, match="max_grad_norm"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, max_grad_norm=-1)
+
+
 def test_gpu_recipe_parses_and_builds_trainer_config():
     from trl import GRPOConfig
 
@@ -213,6 +232,24 @@ def test_dev_curve_scores_what_the_policy_answers(tiny_llama_dir, policy_tokeniz
     assert [r["format_ok"] for r in rows] == [True, False]
     assert summary["dev/rougeL"] == 0.5 and summary["dev/format_rate"] == 0.5
     assert summary["dev/answer_words"] == 1.5 and summary["dev/empty_answers"] == 1
+
+
+def test_dev_curve_evaluates_with_the_models_own_forward(tiny_llama_dir):
+    """Mixed precision patches the training model's forward (bf16 autocast); the curve must not run through it."""
+    import prlm.training.dev_curve as dev_curve
+    from prlm.models import load_policy
+
+    model, tok = load_policy(tiny_llama_dir)
+    questions = [dev_curve.DevQuestion("q1", "u1", "prompt one", "<think>", "fix the parser")]
+    plain, _ = dev_curve.evaluate_policy(model, tok, questions, "commit-subject", max_new_tokens=5)
+
+    def patched(*args, **kwargs):
+        raise AssertionError("the patched forward ran")
+
+    model.forward = patched
+    rows, _ = dev_curve.evaluate_policy(model, tok, questions, "commit-subject", max_new_tokens=5)
+    assert rows[0]["completion"] == plain[0]["completion"]
+    assert model.forward is patched  # training goes on through the patch
 
 
 def test_dev_curve_does_not_change_the_rollouts(tiny_data, tiny_llama_dir, tmp_path):

@@ -63,7 +63,15 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
     warmup_ratio: float = opt(0.0, "Share of steps with a linear learning-rate warm-up.")
     beta: float = opt(0.0, "KL coefficient to the reference model (0 = no reference model, as recent GRPO recipes).")
     epsilon: float = opt(0.2, "Clipping range of the policy ratio.")
+    epsilon_high: float = opt(0.0, "Upper clipping range of the policy ratio (DAPO's clip-higher, e.g. 0.28); 0 = the "
+                                   "same as epsilon. Acts only when the ratio can leave 1: num_iterations > 1.")
     loss_type: str = opt("dapo", "TRL's GRPO loss aggregation: grpo, dapo, dr_grpo, bnpo.")
+    scale_rewards: str = opt("group", "How advantages are scaled after the group mean is subtracted: 'group' (by the "
+                                      "group's reward std, GRPO), 'batch' (by the batch's std) or 'none' (Dr. GRPO: "
+                                      "groups that barely differ keep their small advantages).")
+    num_iterations: int = opt(1, "Optimizer steps on each batch of rollouts (GRPO's mu); above 1 the ratio to the "
+                                 "sampling policy leaves 1 and epsilon clips it.")
+    max_grad_norm: float = opt(1.0, "Clip the gradient to this norm before each optimizer step (0 = no clipping).")
     # learning curve on dev
     dev_eval_steps: int = opt(0, "Evaluate the policy greedily on dev every N GRPO steps (and at step 0 and the last "
                                  "step), log dev ROUGE-L / format rate / answer length into train_log.jsonl, keep the "
@@ -136,6 +144,8 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
         self._check_schedule()
         self._check_lora()
         check_choice("loss_type", self.loss_type, ("grpo", "dapo", "dr_grpo", "bnpo"))
+        check_choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        self._check_policy_update()
         check_choice("vllm_mode", self.vllm_mode, ("colocate", "server"))
         check_choice("rollout", self.rollout, ("shared-prefix", "trl"))
         check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
@@ -205,6 +215,16 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
         if self.beta and self.sampling_correction != "none":
             raise PrlmError("sampling_copy with a KL term (beta > 0) is not corrected exactly: set beta: 0 or "
                             "sampling_copy: off")
+
+    def _check_policy_update(self) -> None:
+        if not 0 < self.epsilon < 1 or self.epsilon_high < 0:
+            raise PrlmError(f"epsilon must be in (0, 1) and epsilon_high >= 0 (0 = epsilon), got {self.epsilon} and "
+                            f"{self.epsilon_high}; e.g. --epsilon 0.2 --epsilon-high 0.28")
+        if self.num_iterations < 1:
+            raise PrlmError(f"num_iterations must be >= 1 (optimizer steps per batch of rollouts), got "
+                            f"{self.num_iterations}")
+        if self.max_grad_norm < 0:
+            raise PrlmError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
 
     @property
     def corrects_sampling(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: s
     cuda = [model.device.index or 0] if model.device.type == "cuda" else []
     try:
         # HFGenerator seeds the global RNG; the rollouts that follow must not restart from that seed.
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), own_forward(model):
             completions = [c[0] for c in HFGenerator(model, tokenizer, batch_size).generate(
                 [q.prompt for q in questions], params, progress=False, desc="dev curve")]
     finally:
@@ -96,6 +97,22 @@ def evaluate_policy(model, tokenizer, questions: list[DevQuestion], task_name: s
     summary.update({"dev/answer_words": sum(len(r["answer"].split()) for r in rows) / n,
                     "dev/empty_answers": sum(not r["answer"] for r in rows)})
     return rows, summary
+
+
+@contextmanager
+def own_forward(model):
+    """Run `model` with its class's forward, in its own dtype, as `prlm eval` runs a saved policy.
+
+    Under mixed precision accelerate replaces the training model's `forward` by one that autocasts to bf16
+    (TRL's fused LM head does likewise); greedy answers under bf16 differ from float32's on about a third of
+    the dev questions, so a curve evaluated through it would not be the figure `prlm eval` gives.
+    """
+    patched = model.__dict__.pop("forward", None)
+    try:
+        yield model
+    finally:
+        if patched is not None:
+            model.forward = patched
 
 
 def improves(score: float, best: float | None) -> bool:

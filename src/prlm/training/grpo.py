@@ -175,7 +175,11 @@ def grpo_kwargs(cfg: TrainConfig) -> dict:
         warmup_steps=cfg.warmup_ratio,  # transformers reads a value below 1 as a share of the training steps
         beta=cfg.beta,
         epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high or None,  # TRL reads None as epsilon
         loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
+        num_iterations=cfg.num_iterations,
+        max_grad_norm=cfg.max_grad_norm,
         logging_steps=1,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
