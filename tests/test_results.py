@@ -244,3 +244,42 @@ def test_the_tables_show_each_records_share_of_degenerate_answers(tmp_path):
     from prlm.results import degenerate_share
 
     assert degenerate_share(predictions) == 0.5  # one talks about the task, one is empty
+
+
+def test_seeds_make_one_record_compared_question_by_question(tmp_path):
+    """Two seeds of a trained method: one record, each question scored by its mean over seeds, the table giving
+    each seed's own figure and the comparison its number of seeds."""
+    root = _records(tmp_path)
+    train = tmp_path / "train_summary.json"
+    train.write_text(json.dumps({"steps": 4, "wall_time_s": 9.0, "config": {"model": "m"}}))
+    s0 = _run(tmp_path / "s0", "test", [0.9, 0.0, 0.6, 0.3], "prlm")
+    s1 = _run(tmp_path / "s1", "test", [0.1, 0.8, 0.6, 0.3], "prlm")
+    add_record([s0, s1], root, "ds", "prlm", "fixed in advance", "prlm run --set seed=N", seeds=[0, 1],
+               train_summary=[train, train])
+    summary, rows = load_records(root)[("ds", "test", "prlm")]
+    assert summary["n"] == 4 and len(rows) == 8 and {r["seed"] for r in rows} == {0, 1}
+    assert summary["metrics"]["rougeL"] == pytest.approx(0.45)
+    assert [r["metrics"]["rougeL"] for r in summary["seed_runs"]] == pytest.approx([0.45, 0.45])
+    pair = next(r for r in comparisons(load_records(root), samples=500) if r["metric"] == "rougeL")
+    assert (pair["a"], pair["b"], pair["n"], pair["seeds"]) == ("rag", "prlm", 4, 2)
+    assert pair["diff"] == pytest.approx(0.35)
+    # each question's mean over seeds (0.5, 0.4, 0.6, 0.3) is ahead of rag's (0.1, 0.2, 0.1, 0.0) by 0.2-0.5; a
+    # seed's own rows are not (seed 0's second question trails by 0.2, seed 1's first by 0.0)
+    assert 0.2 <= pair["lo"] < pair["hi"] <= 0.5
+    markdown = render_report(root, f"{SECTION_BEGIN}\n{SECTION_END}\n", samples=50)[1]
+    assert "| 0.4500 (s0) / 0.4500 (s1) |" in markdown
+    assert any(line.startswith("| prlm - rag | rougeL |") and line.endswith("| 2 |") for line in markdown.splitlines())
+
+
+def test_a_record_of_seeds_names_each_runs_seed(tmp_path):
+    runs = [_run(tmp_path / "s0", "test", [0.5, 0.4], "prlm"), _run(tmp_path / "s1", "test", [0.5, 0.4], "prlm")]
+    with pytest.raises(PrlmError, match="--seeds 0,1"):
+        add_record(runs, tmp_path / "results", "ds", "prlm", "fixed in advance", "c")
+    with pytest.raises(PrlmError, match="--seeds 0,1"):
+        add_record(runs, tmp_path / "results", "ds", "prlm", "fixed in advance", "c", seeds=[1, 1])
+    with pytest.raises(PrlmError, match="one --train-summary per run"):
+        add_record(runs, tmp_path / "results", "ds", "prlm", "fixed in advance", "c", seeds=[0, 1],
+                   train_summary=[tmp_path / "t.json"])
+    short = _run(tmp_path / "short", "test", [0.5], "prlm")
+    with pytest.raises(PrlmError, match="same questions"):
+        add_record([runs[0], short], tmp_path / "results", "ds", "prlm", "fixed in advance", "c", seeds=[0, 1])

@@ -165,10 +165,12 @@ def _cmd_check(args) -> None:
 def _cmd_results_add(args) -> None:
     from prlm.results import add_record
 
-    folder = add_record(args.run, args.results, args.data_name, args.method, args.selected_on, args.command,
-                        recipe=args.recipe, train_summary=args.train_summary, compare_to=args.compare_to,
-                        selection=args.selection)
-    print(f"kept the record of {args.run} in {folder}/ (predictions.jsonl.gz, summary.json); "
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else []
+    folder = add_record(args.run if len(args.run) > 1 else args.run[0], args.results, args.data_name, args.method,
+                        args.selected_on, args.command, recipe=args.recipe,
+                        train_summary=args.train_summary or None, compare_to=args.compare_to,
+                        selection=args.selection, seeds=seeds)
+    print(f"kept the record of {', '.join(args.run)} in {folder}/ (predictions.jsonl.gz, summary.json); "
           "regenerate the docs with `prlm report`")
 
 
@@ -362,7 +364,10 @@ def _add_results_commands(sub) -> None:
     results = sub.add_parser("results", help="committed result records (results/)").add_subparsers(
         dest="results_command", required=True)
     p = results.add_parser("add", help="keep a compact record of a run folder under results/DATA/SPLIT/METHOD/")
-    p.add_argument("run", help="run folder (from prlm eval or prlm run)")
+    p.add_argument("run", nargs="+", help="run folder (from prlm eval or prlm run); several: one recipe trained "
+                                          "at different seeds (--seeds), kept as one record")
+    p.add_argument("--seeds", default="", help="with several runs: each run's training seed, in their order, e.g. "
+                                               "0,1")
     p.add_argument("--data-name", required=True, help="dataset name in the record, e.g. git-commit-subject")
     p.add_argument("--method", required=True, help="method name: no-profile, rag, sft, warmup-only, prlm, "
                                                    "prlm-rl-only, or an ablation's name (prlm-...)")
@@ -372,7 +377,8 @@ def _add_results_commands(sub) -> None:
     p.add_argument("--selection", default="", help="with --selected-on dev (required then): what was chosen on dev "
                                                    "and from which dev measurement")
     p.add_argument("--recipe", default="", help="the recipe's config file, e.g. configs/commit-subject.yaml")
-    p.add_argument("--train-summary", default=None, help="train_summary.json of the model's training run")
+    p.add_argument("--train-summary", action="append", default=[], help="train_summary.json of the model's "
+                   "training run (repeat once per run, in the runs' order)")
     p.add_argument("--compare-to", action="append", default=[], metavar="METHOD",
                    help="also compare this method against METHOD in the report (B = this one; repeatable): the "
                         "baseline an ablation or experiment was made against")

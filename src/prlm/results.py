@@ -61,39 +61,51 @@ def record_dir(root: str | Path, data: str, split: str, method: str) -> Path:
     return Path(root) / data / split / method
 
 
-def add_record(run: str | Path, root: str | Path, data: str, method: str, selected_on: str, command: str,
-               recipe: str = "", train_summary: str | Path | None = None, compare_to: Sequence[str] = (),
-               selection: str = "") -> Path:
+def add_record(run: str | Path | Sequence[str | Path], root: str | Path, data: str, method: str, selected_on: str,
+               command: str, recipe: str = "", train_summary: str | Path | Sequence[str | Path] | None = None,
+               compare_to: Sequence[str] = (), selection: str = "", seeds: Sequence[int] = ()) -> Path:
     """Keep the compact record of run folder `run` as `root/data/split/method/`; returns that folder.
+
+    Several runs of one recipe trained at different seeds make one record: `run` and `train_summary` are then
+    lists in the order of `seeds`, every row carries its `seed`, the record's metrics are the means over
+    seeds and `seed_runs` keeps each seed's own figures (`question_means` averages a question over seeds).
 
     `selection`: with selected_on 'dev', what was chosen on dev and from which measurement (required then:
     "chosen on dev" that names no choice cannot be checked by a reader).
 
     `compare_to`: methods this one is compared against in the report (B = this, A = each), beyond the
     standard pairs: the comparison an experiment was made for (an ablation against its own baseline)."""
-    if selected_on not in SELECTED_ON:
-        raise PrlmError(f"selected_on must be one of {', '.join(SELECTED_ON)}, got '{selected_on}'")
-    if selected_on == "dev" and not selection.strip():
-        raise PrlmError("a record chosen on dev says what was chosen and from which dev measurement: pass "
-                        "--selection '...' (e.g. 'the GRPO step count, 40, best on the dev curve of ...')")
-    if not command.strip():
-        raise PrlmError("a record needs the command that reproduces its run: pass --command '...'")
-    summary, rows = load_run(run)
+    runs = [run] if isinstance(run, (str, Path)) else list(run)
+    summaries = [train_summary] if isinstance(train_summary, (str, Path)) or train_summary is None \
+        else list(train_summary)
+    _check_record_request(selected_on, selection, command, runs, summaries, seeds)
+    evaluated = [load_run(r) for r in runs]
+    summary = evaluated[0][0]
+    if any(s["split"] != summary["split"] or s["n"] != summary["n"] for s, _ in evaluated):
+        raise PrlmError("the seeds' runs must answer the same split with the same questions: evaluate each seed's "
+                        "model with the same command")
     folder = record_dir(root, data, summary["split"], method)
     compact = []
-    for row in rows:
-        kept = {k: row[k] for k in ROW_FIELDS if k in row and (k != "completion" or "format_ok" in row)}
-        compact.append({**kept, **{k: round(v, 6) for k, v in row["metrics"].items()}})
-    training = json.loads(Path(train_summary).read_text(encoding="utf-8")) if train_summary else None
+    for index, (_, rows) in enumerate(evaluated):
+        seed = {"seed": seeds[index]} if len(runs) > 1 else {}  # one run: rows keep their old shape
+        compact += [{**_compact_row(row), **seed} for row in rows]
+    trainings = [json.loads(Path(t).read_text(encoding="utf-8")) if t else None for t in summaries]
     record = {
         "data": data, "split": summary["split"], "method": method, "n": summary["n"],
-        "metrics": summary["metrics"], "format_rate": summary.get("format_rate"),
+        "metrics": _mean_over(s["metrics"] for s, _ in evaluated),
+        "format_rate": _mean_or_none([s.get("format_rate") for s, _ in evaluated]),
         "forced_answers": summary.get("forced_answers"), "empty_answers": summary.get("empty_answers"),
         "selected_on": selected_on, "recipe": recipe, "command": command, "commit": git_commit(),
         "eval_config": summary["config"], "environment": summary.get("environment"),
         "eval_wall_time_s": summary.get("wall_time_s"), "finished": summary.get("finished"),
-        "training": _training_facts(training) if training else None,
+        "training": _training_facts(trainings[0]) if trainings[0] else None,
     }
+    if len(runs) > 1:  # absent for one run: older records stay byte-identical
+        record["seed_runs"] = [
+            {"seed": seed, "metrics": s["metrics"], "format_rate": s.get("format_rate"),
+             "empty_answers": s.get("empty_answers"), "eval_wall_time_s": s.get("wall_time_s"),
+             "training": _training_facts(t) if t else None}
+            for seed, (s, _), t in zip(seeds, evaluated, trainings, strict=True)]
     if selection:
         record["selection"] = selection  # absent otherwise, as compare_to
     if compare_to:
@@ -105,6 +117,51 @@ def add_record(run: str | Path, root: str | Path, data: str, method: str, select
             handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in compact).encode())
     atomic_write_json(folder / "summary.json", record)
     return folder
+
+
+def _check_record_request(selected_on: str, selection: str, command: str, runs: list, summaries: list,
+                          seeds: Sequence[int]) -> None:
+    if selected_on not in SELECTED_ON:
+        raise PrlmError(f"selected_on must be one of {', '.join(SELECTED_ON)}, got '{selected_on}'")
+    if selected_on == "dev" and not selection.strip():
+        raise PrlmError("a record chosen on dev says what was chosen and from which dev measurement: pass "
+                        "--selection '...' (e.g. 'the GRPO step count, 40, best on the dev curve of ...')")
+    if not command.strip():
+        raise PrlmError("a record needs the command that reproduces its run: pass --command '...'")
+    if len(runs) > 1 and (len(seeds) != len(runs) or len(set(seeds)) != len(seeds)):
+        raise PrlmError(f"{len(runs)} runs make one record of several seeds: name each run's seed, distinct and "
+                        f"in the runs' order, e.g. --seeds {','.join(str(i) for i in range(len(runs)))}")
+    if summaries != [None] and len(summaries) != len(runs):
+        raise PrlmError(f"pass one --train-summary per run ({len(runs)}), in the runs' order, or none")
+
+
+def _compact_row(row: dict) -> dict:
+    kept = {k: row[k] for k in ROW_FIELDS if k in row and (k != "completion" or "format_ok" in row)}
+    return {**kept, **{k: round(v, 6) for k, v in row["metrics"].items()}}
+
+
+def _mean_over(metric_dicts) -> dict:
+    metric_dicts = list(metric_dicts)
+    if len(metric_dicts) == 1:
+        return metric_dicts[0]
+    return {k: sum(m[k] for m in metric_dicts) / len(metric_dicts) for k in metric_dicts[0]}
+
+
+def _mean_or_none(values: list):
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def seed_count(summary: dict) -> int:
+    """How many training seeds a record averages (1 for a record of one run)."""
+    return len(summary.get("seed_runs") or [None])
+
+
+def question_means(rows: list[dict], metric: str) -> dict[str, float]:
+    """Each question's score, averaged over the record's seeds (a record of one run: its rows as they are)."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        sums.setdefault(row["id"], []).append(row[metric])
+    return {qid: sum(v) / len(v) for qid, v in sums.items()}
 
 
 def _training_facts(train: dict) -> dict:
@@ -207,20 +264,30 @@ def comparisons(records: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[dict]:
         asked = {m: records[(data, split, m)][0].get("compare_to", []) for m in methods}
         for a, b in comparison_pairs(methods, {m: to for m, to in asked.items() if to}):
             (sum_a, rows_a), (sum_b, rows_b) = records[(data, split, a)], records[(data, split, b)]
-            by_a, by_b = {r["id"]: r for r in rows_a}, {r["id"]: r for r in rows_b}
-            if set(by_a) != set(by_b):
+            if {r["id"] for r in rows_a} != {r["id"] for r in rows_b}:
                 raise PrlmError(f"results for {a} and {b} on {data}/{split} cover different questions; "
                                 "evaluate both on the whole split")
-            ids = sorted(by_a)
+            seeds = _comparison_seeds(sum_a, sum_b)
             for metric in METRICS:
-                result = paired_bootstrap([by_a[i][metric] for i in ids], [by_b[i][metric] for i in ids],
+                by_a, by_b = question_means(rows_a, metric), question_means(rows_b, metric)
+                ids = sorted(by_a)
+                result = paired_bootstrap([by_a[i] for i in ids], [by_b[i] for i in ids],
                                           metric=metric, samples=samples, seed=0)
-                rows.append({"data": data, "split": split, "n": len(ids), "metric": metric, "a": a, "b": b,
-                             "a_score": round(result.mean_a, 4), "b_score": round(result.mean_b, 4),
-                             "diff": round(result.diff, 4), "lo": round(result.low, 4), "hi": round(result.high, 4),
-                             "selected_on": _selected_on(sum_a, sum_b), "command": sum_b["command"],
-                             "commit": sum_b["commit"]})
+                row = {"data": data, "split": split, "n": len(ids), "metric": metric, "a": a, "b": b,
+                       "a_score": round(result.mean_a, 4), "b_score": round(result.mean_b, 4),
+                       "diff": round(result.diff, 4), "lo": round(result.low, 4), "hi": round(result.high, 4),
+                       "selected_on": _selected_on(sum_a, sum_b), "command": sum_b["command"],
+                       "commit": sum_b["commit"]}
+                if seeds > 1:  # absent with one seed a side: the committed rows keep their shape
+                    row["seeds"] = seeds
+                rows.append(row)
     return rows
+
+
+def _comparison_seeds(*summaries: dict) -> int:
+    """The fewest seeds among the trained sides (a floor or an untrained prompt has no seed to vary)."""
+    trained = [seed_count(s) for s in summaries if s.get("training") or s.get("seed_runs")]
+    return min(trained) if trained else 1
 
 
 def _selected_on(*summaries: dict) -> str:
@@ -299,21 +366,23 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
             if not methods:
                 continue
             lines += [f"### {data}, {split} split", "",
-                      "| method | n | ROUGE-1 | ROUGE-L | format rate | degenerate answers | selected on | recipe | "
-                      "wall time |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| method | n | ROUGE-1 | ROUGE-L | ROUGE-L per seed | format rate | degenerate answers | "
+                      "selected on | recipe | wall time |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for method in methods:
                 summary, predictions = records[(data, split, method)]
                 lines.append(f"| {method} | {summary['n']} | {_fmt(summary['metrics']['rouge1'])} | "
-                             f"{_fmt(summary['metrics']['rougeL'])} | {_fmt(summary.get('format_rate'), 3)} | "
+                             f"{_fmt(summary['metrics']['rougeL'])} | {_per_seed(summary)} | "
+                             f"{_fmt(summary.get('format_rate'), 3)} | "
                              f"{_fmt(degenerate_share(predictions), 3)} | "
                              f"{summary['selected_on']} | {summary['recipe'] or '-'} | {_wall(summary)} |")
             pairs = [r for r in comparison_rows if (r["data"], r["split"]) == (data, split)]
             if pairs:
-                lines += ["", "| B minus A | metric | A | B | difference | 95% interval |",
-                          "|---|---|---|---|---|---|"]
+                lines += ["", "| B minus A | metric | A | B | difference | 95% interval | seeds |",
+                          "|---|---|---|---|---|---|---|"]
                 lines += [f"| {r['b']} - {r['a']} | {r['metric']} | {r['a_score']:.4f} | {r['b_score']:.4f} | "
-                          f"{r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] |" for r in pairs]
+                          f"{r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] | {r.get('seeds', 1)} |"
+                          for r in pairs]
             lines += ["", "Commands:", ""]
             lines += [_command_line(method, records[(data, split, method)][0]) for method in methods]
             lines.append("")
@@ -325,6 +394,14 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
         lines += ["", "Commands:", ""] + sorted({f"- `{r['command']}`" for r in rm_rows if r.get("command")})
         lines.append("")
     return "\n".join(lines)
+
+
+def _per_seed(summary: dict) -> str:
+    """Each seed's own ROUGE-L beside the mean over seeds ('-' for a record of one run)."""
+    runs = summary.get("seed_runs")
+    if not runs:
+        return "-"
+    return " / ".join(f"{r['metrics']['rougeL']:.4f} (s{r['seed']})" for r in runs)
 
 
 def degenerate_share(predictions: list[dict]) -> float | None:
