@@ -107,3 +107,15 @@ def test_completion_text_forms():
         last_message_text(3)
     with pytest.raises(PrlmError):
         assistant_text(3)
+
+
+def test_answer_only_prefill_reads_and_checks_the_answer_alone():
+    from prlm.answers import ANSWER_ONLY_PREFILL, THINK_PREFILL, has_reasoning_format, prefill_for
+
+    assert prefill_for("prlm", "prlm-answer-only") == ANSWER_ONLY_PREFILL == "<think></think>\n<answer>"
+    assert prefill_for("prlm") == THINK_PREFILL and prefill_for("rag", "prlm-answer-only") == ""
+    assert has_reasoning_format("fix the parser</answer>", ANSWER_ONLY_PREFILL)
+    assert not has_reasoning_format("</answer>", ANSWER_ONLY_PREFILL)  # no answer
+    assert not has_reasoning_format("fix the parser", ANSWER_ONLY_PREFILL)  # never closed
+    # the model itself leaving its reasoning empty is still a fault under the usual pre-fill
+    assert not has_reasoning_format("</think>\n<answer>fix the parser</answer>", THINK_PREFILL)

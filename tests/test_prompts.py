@@ -83,3 +83,17 @@ def test_template_that_opens_think_gets_no_second_one(r1_tokenizer, policy_token
     parsed = parse_completion("The user is terse.</think>\n<answer>Rain falls</answer>", "prlm", TASK,
                               prefill=prompt.prefill)
     assert parsed.reasoning == "The user is terse." and parsed.answer == "Rain falls"
+
+
+def test_answer_only_wording_prefills_up_to_the_answer(policy_tokenizer, r1_tokenizer):
+    """The ablation without reasoning: prlm's own user prompt, the reply pre-filled with an empty reasoning."""
+    questions, _ = lamp4_questions(n=1)
+    q = questions[0]
+    prlm = build_prompt(TASK, q["input"], q["profile"][:2], "prlm", policy_tokenizer)
+    bare = build_prompt(TASK, q["input"], q["profile"][:2], "prlm", policy_tokenizer, style="prlm-answer-only")
+    assert bare.user == prlm.user and bare.prefill == "<think></think>\n<answer>"
+    assert bare.text == prlm.text + "</think>\n<answer>"
+    assert parse_completion("Rain falls</answer>", "prlm", TASK, prefill=bare.prefill).answer == "Rain falls"
+    # a template that opens the reasoning itself gets the rest of the pre-fill, not a second <think>
+    r1 = build_prompt(TASK, q["input"], q["profile"][:2], "prlm", r1_tokenizer, style="prlm-answer-only")
+    assert r1.text.split("<｜Assistant｜>")[1] == "<think>\n</think>\n<answer>"

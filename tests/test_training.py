@@ -404,3 +404,16 @@ def test_the_format_term_rejects_degenerate_answers_when_configured(tiny_data, t
     fmt = dict(zip([f.__name__ for f in funcs], funcs))["format"]
     parroted = " r</think><answer>The user ... The text is about ...</answer>"
     assert fmt([""], [parroted]) == [0.0 if reject else 1.0]
+
+
+def test_answer_only_rewards_read_the_prefilled_reply(tiny_data, tmp_path):
+    """With the answer-only wording the completion is the answer alone: both terms must read it as such."""
+    from prlm.training.grpo import reward_functions
+
+    cfg = TrainConfig(data=tiny_data, out=str(tmp_path / "o"), w_pers=0, prompt="prlm-answer-only")
+    funcs, _ = reward_functions(cfg)
+    terms = dict(zip([f.__name__ for f in funcs], funcs))
+    assert terms["format"]([""], ["fix the parser</answer>"]) == [1.0]
+    assert terms["accuracy"]([""], ["fix the parser</answer>"], gold=["fix the parser"])[0] == pytest.approx(3.0)
+    with pytest.raises(PrlmError, match="--sft-steps 0"):
+        TrainConfig(data=tiny_data, out="o", w_pers=0, prompt="prlm-answer-only", sft_steps=4)

@@ -12,6 +12,10 @@ The rules, and why:
 - Pre-fill: a `prlm` reply is started for the model with ``<think>``
   (`THINK_PREFILL`), so that small models begin in the format. The pre-fill is
   part of the prompt, not of the completion; readers put it back in front.
+  The answer-only wording (`ANSWER_ONLY_STYLE`, the ablation "does the
+  reasoning earn its tokens?") pre-fills an empty reasoning and the opened
+  answer (`ANSWER_ONLY_PREFILL`): the model writes the answer alone, read and
+  checked by the same rules (its empty reasoning is the prompt's, not a fault).
 - Stop string: generation stops at ``</answer>`` (`ANSWER_CLOSE`): nothing after
   the answer is read, so no token is spent on it. A backend may cut the stop
   string off, and a completion may end inside the answer at the token budget.
@@ -58,9 +62,18 @@ ANSWER_FORCING = f"{THINK_CLOSE}\n{ANSWER_OPEN}"
 """Appended to a completion without an answer to make the model write one."""
 
 
-def prefill_for(method: str) -> str:
-    """The start of the reply written for the model: `<think>` for `prlm`, nothing otherwise."""
-    return THINK_PREFILL if method == REASONING_METHOD else ""
+ANSWER_ONLY_STYLE = "prlm-answer-only"
+"""The reasoning prompt's wording whose reply is pre-filled up to the answer (prompts.PROMPT_STYLES)."""
+ANSWER_ONLY_PREFILL = f"{THINK_OPEN}{ANSWER_FORCING}"
+"""`<think></think>\n<answer>`: the reasoning left empty by the prompt, the answer opened."""
+
+
+def prefill_for(method: str, style: str = "prlm") -> str:
+    """The start of the reply written for the model: `<think>` for `prlm` (up to `<answer>` in the
+    answer-only wording), nothing otherwise."""
+    if method != REASONING_METHOD:
+        return ""
+    return ANSWER_ONLY_PREFILL if style == ANSWER_ONLY_STYLE else THINK_PREFILL
 
 
 def stop_strings(method: str) -> list[str]:
@@ -178,7 +191,7 @@ def forcing_head(completion: str) -> str:
 
 # --- the format check ----------------------------------------------------------
 
-_STRUCTURE = re.compile(r"^\s*<think>(?P<think>.+?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$",
+_STRUCTURE = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.+?)</answer>\s*$",
                         re.DOTALL | re.IGNORECASE)
 
 
@@ -192,7 +205,9 @@ def has_reasoning_format(completion: str, prefill: str = THINK_PREFILL) -> bool:
     if prefill and not text.lower().startswith(prefill.strip().lower()):
         text = prefill + text
     match = _STRUCTURE.match(text)
-    return bool(match and match["think"].strip() and match["answer"].strip()
+    # An empty reasoning is a fault of the model's, unless the pre-fill closed it (the answer-only wording).
+    reasoned = match and (match["think"].strip() or THINK_CLOSE in prefill.lower())
+    return bool(reasoned and match["answer"].strip()
                 and THINK_OPEN not in match["think"].lower() and ANSWER_OPEN not in match["answer"].lower())
 
 

@@ -188,7 +188,7 @@ def rescore_run(path: str | Path) -> dict:
 
     summary, rows = load_run(path)
     method, task = summary["config"]["method"], get_task(summary["task"])
-    prefill = prefill_for(method)
+    prefill = prefill_for(method, summary["config"].get("prompt", "prlm"))
     for row in rows:
         parsed = parse_completion(row["completion"], method, task, prefill=prefill)
         row["reasoning"], row["answer"] = parsed.reasoning, parsed.answer

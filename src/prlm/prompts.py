@@ -8,8 +8,9 @@ Methods (`PROMPT_METHODS`, the `method` of evaluation):
   `<think>` so that small models start in the format (`prlm.answers` holds
   that format: pre-fill, stop string, answer extraction, format check).
 
-The reasoning prompt has two wordings (`PROMPT_STYLES`, the `prompt` option of
-training and evaluation): prlm's own, and the authors' (`authors`: their
+The reasoning prompt has three wordings (`PROMPT_STYLES`, the `prompt` option of
+training and evaluation): prlm's own, prlm's own with the reasoning left empty
+(`prlm-answer-only`: the reply pre-filled up to `<answer>`), and the authors' (`authors`: their
 system prompt, their LaMP user prompt, and the answer as `{'title': '...'}`
 inside `<answer>`; `authors-user`: the same user prompt without the system
 prompt, as their evaluation script prompts). docs/paper-recipe.md cites them.
@@ -25,12 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prlm import PrlmError
-from prlm.answers import REASONING_METHOD, prefill_for
+from prlm.answers import ANSWER_ONLY_STYLE, REASONING_METHOD, THINK_OPEN, prefill_for
 from prlm.data.tasks import Task
 
 PROMPT_METHODS = ("no-profile", "rag", REASONING_METHOD)
-PROMPT_STYLES = ("prlm", "authors", "authors-user")
-PROMPT_STYLE_HELP = ("Wording of the reasoning prompt (method prlm): 'prlm' (prlm's own), 'authors' (the PrLM "
+PROMPT_STYLES = ("prlm", "authors", "authors-user", ANSWER_ONLY_STYLE)
+AUTHORS_STYLES = ("authors", "authors-user")
+PROMPT_STYLE_HELP = ("Wording of the reasoning prompt (method prlm): 'prlm' (prlm's own), 'prlm-answer-only' (prlm's "
+                     "own, the reply pre-filled with an empty <think></think> and <answer>: the ablation without "
+                     "reasoning), 'authors' (the PrLM "
                      "release's system prompt and LaMP user prompt, the answer as {'title': '...'} inside <answer>), "
                      "'authors-user' (their user prompt without the system prompt, as their evaluation script "
                      "prompts). docs/paper-recipe.md.")
@@ -129,7 +133,7 @@ def instruction(task: Task, method: str) -> str:
 def user_message(task: Task, method: str, text: str, rendered_entries: Sequence[str], style: str = "prlm") -> str:
     if method not in PROMPT_METHODS:
         raise PrlmError(f"unknown prompt method '{method}'; use one of {', '.join(PROMPT_METHODS)}")
-    if method == REASONING_METHOD and style != "prlm":
+    if method == REASONING_METHOD and style in AUTHORS_STYLES:
         return authors_user_message(task, text, rendered_entries)
     if method == "no-profile" or not rendered_entries:
         return f"{text}\n\n{instruction(task, method)}"
@@ -183,6 +187,8 @@ def render_chat(tokenizer, user: str, prefill: str, system: str | None = None) -
         head = (f"{system}\n\n" if system else "") + f"{user}\n"
     if prefill and head.rstrip().lower().endswith(prefill.strip().lower()):
         return head
+    if prefill.lower().startswith(THINK_OPEN) and head.rstrip().lower().endswith(THINK_OPEN):
+        return head + prefill[len(THINK_OPEN):]  # the template opened the reasoning; the pre-fill goes on from it
     return head + prefill
 
 
@@ -221,9 +227,9 @@ def build_prompt(
     """The model input for one question; never longer than `max_prompt_tokens`. `style`: the wording of the
     reasoning prompt (`PROMPT_STYLES`)."""
     check_prompt_style(style)
-    prefill = prefill_for(method)
+    prefill = prefill_for(method, style)
     entries = list(entries) if method != "no-profile" else []
-    authors = method == REASONING_METHOD and style != "prlm"
+    authors = method == REASONING_METHOD and style in AUTHORS_STYLES
     system = system_message(method, style)
 
     def render_entry(entry: dict, long_text: str | None = None) -> str:

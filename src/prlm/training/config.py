@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prlm import PrlmError
+from prlm.answers import ANSWER_ONLY_STYLE
 from prlm.options import TrainerOptions, check_choice, checks_inputs, opt
 from prlm.prompts import MAX_PROMPT_TOKENS, PROMPT_STYLE_HELP, check_prompt_style
 from prlm.retrieval import ProfileDataConfig
@@ -161,6 +162,9 @@ class TrainConfig(TrainerOptions, ProfileDataConfig):
                             "without one every question is unseen: use --grpo-questions all")
         if self.grpo_questions == "unseen" and self.warmup_from and checks_inputs():
             self._check_warmup_share_of(Path(self.warmup_from).parent / "train_config.json")
+        if self.prompt == ANSWER_ONLY_STYLE and self.sft_steps:
+            raise PrlmError(f"the warm-up writes reasoning, which prompt '{ANSWER_ONLY_STYLE}' leaves out: start "
+                            "from a trained policy (model or warmup_from) with --sft-steps 0")
         if self.dev_eval_steps < 0:
             raise PrlmError(f"dev_eval_steps must be >= 0 (0 = off), got {self.dev_eval_steps}")
         if self.dev_eval_limit < 0 or self.dev_eval_batch_size < 1:

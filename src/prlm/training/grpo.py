@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from prlm import PrlmError
-from prlm.answers import ANSWER_CLOSE, REASONING_METHOD, reply_after_prefill
+from prlm.answers import ANSWER_CLOSE, REASONING_METHOD, prefill_for, reply_after_prefill
 from prlm.data import get_task
 from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, claim_output_dir, read_jsonl
 from prlm.prompts import prompted_examples
@@ -122,13 +122,14 @@ def reward_functions(cfg: TrainConfig) -> tuple[list, list[float]]:
     from prlm.reward.accuracy import AccuracyReward
     from prlm.reward.format import FormatReward
 
-    funcs = [AccuracyReward(cfg.metric_list, normalize=cfg.normalize_rewards, rouge=cfg.rouge),
-             FormatReward(reject_degenerate=cfg.format_rejects_degenerate, style=cfg.format_reward)]
+    prefill = prefill_for(REASONING_METHOD, cfg.prompt)  # what the prompt wrote of each reply: readers need it
+    funcs = [AccuracyReward(cfg.metric_list, prefill=prefill, normalize=cfg.normalize_rewards, rouge=cfg.rouge),
+             FormatReward(prefill=prefill, reject_degenerate=cfg.format_rejects_degenerate, style=cfg.format_reward)]
     if cfg.w_pers:
         from prlm.reward.personalization import PersonalizationReward
 
         reward_model_config(cfg)
-        funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device,
+        funcs.append(PersonalizationReward(cfg.reward_model, device=cfg.reward_device, prefill=prefill,
                                            penalty=cfg.empty_answer_penalty))
     return funcs, reward_weights(cfg)
 
