@@ -186,6 +186,19 @@ def test_learning_curves_are_kept_tabled_and_plotted(tmp_path):
     assert load_records(root) == {}  # a curve is not an evaluation record
 
 
+def test_an_sft_runs_curve_is_kept_too(tmp_path):
+    from prlm.results import add_curve
+
+    sft = tmp_path / "sft"
+    (sft / "dev_evals").mkdir(parents=True)
+    (sft / "dev_curve.jsonl").write_text(json.dumps({"step": 32, "dev/rougeL": 0.2}) + "\n")
+    (sft / "sft_summary.json").write_text("{}")
+    (sft / "dev_evals" / "step-32.jsonl").write_text(json.dumps({"id": "q0", "rougeL": 0.2}) + "\n")
+    folder = add_curve(sft, tmp_path / "results", "ds", "sft-s0")
+    assert sorted(p.name for p in folder.iterdir()) == ["dev_curve.jsonl", "dev_evals", "sft_summary.json"]
+    assert (folder / "dev_evals" / "step-32.jsonl").is_file()
+
+
 def test_training_statistics_show_what_grpo_saw_and_the_reward_trend():
     from prlm.results import reward_trend, training_statistics_markdown
 
