@@ -437,7 +437,8 @@ def reasoning_use_rows(records: dict) -> list[dict]:
             continue
         answered = [(r, q) for r, q in quoted if r["answer"].strip()]
         rows.append(dict(
-            data=data, split=split, method=method, n=summary["n"], quoting=len(quoted) / len(predictions),
+            data=data, split=split, method=method, n=len({r["id"] for r in predictions}),  # questions, not seeds
+            quoting=len(quoted) / len(predictions),
             answer_to_quote=_mean([rouge(r["answer"], q)["rougeL"] for r, q in answered]),
             gold_to_quote=_mean([rouge(r["gold"], q)["rougeL"] for r, q in answered]),
             answer_to_gold=_mean([rouge(r["answer"], r["gold"])["rougeL"] for r, q in answered])))
