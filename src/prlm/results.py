@@ -437,7 +437,7 @@ def reasoning_use_rows(records: dict) -> list[dict]:
             continue
         answered = [(r, q) for r, q in quoted if r["answer"].strip()]
         rows.append(dict(
-            data=data, split=split, method=method, n=len({r["id"] for r in predictions}),  # questions, not seeds
+            data=data, split=split, method=method, n=len(predictions) // seed_count(summary),  # questions
             quoting=len(quoted) / len(predictions),
             answer_to_quote=_mean([rouge(r["answer"], q)["rougeL"] for r, q in answered]),
             gold_to_quote=_mean([rouge(r["gold"], q)["rougeL"] for r, q in answered]),
