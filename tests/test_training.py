@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from prlm import PrlmError
 from prlm.options import load_yaml
 from prlm.training.config import TrainConfig
-from prlm.training.grpo import grpo_kwargs, train_grpo
+from prlm.training.grpo import grpo_kwargs, last_checkpoint, train_grpo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,9 +131,9 @@ def test_gpu_recipe_parses_and_builds_trainer_config():
     assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
 
 
-def _train_cmd(data, model, out, *extra):
+def _train_cmd(data, model, out, *extra, max_steps=6):
     return [sys.executable, "-m", "prlm.cli", "train", "--task", "synthetic", "--data", data, "--model", model,
-            "--out", str(out), "--k", "1", "--max-prompt-tokens", "320", "--max-steps", "6",
+            "--out", str(out), "--k", "1", "--max-prompt-tokens", "320", "--max-steps", str(max_steps),
             "--prompts-per-step", "1", "--num-generations", "2", "--max-completion-length", "4",
             "--w-pers", "0", "--save-steps", "2", "--report-to", "none", *extra]
 
@@ -142,7 +142,9 @@ def _train_cmd(data, model, out, *extra):
 def test_sigkill_then_resume_loses_only_unsaved_steps(tiny_data, tiny_llama_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_train_cmd(tiny_data, tiny_llama_dir, out), env=env,
+    # The first run is far too long to finish: the kill lands somewhere after checkpoint-4, wherever a loaded
+    # machine lets the poll see it (a 6-step run could finish in that gap, and did).
+    proc = subprocess.Popen(_train_cmd(tiny_data, tiny_llama_dir, out, max_steps=1000), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file():
@@ -152,13 +154,15 @@ def test_sigkill_then_resume_loses_only_unsaved_steps(tiny_data, tiny_llama_dir,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists()
-    done = subprocess.run(_train_cmd(tiny_data, tiny_llama_dir, out, "--resume"), env=env,
+    saved = int(last_checkpoint(out).name.split("-")[-1])
+    finish = saved + 2
+    done = subprocess.run(_train_cmd(tiny_data, tiny_llama_dir, out, "--resume", max_steps=finish), env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    state = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
-    assert state["global_step"] == 6
+    state = json.loads((out / "checkpoints" / f"checkpoint-{finish}" / "trainer_state.json").read_text())
+    assert state["global_step"] == finish
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == list(range(1, finish + 1))  # steps logged after the last checkpoint were forgotten, then redone
     assert (out / "final" / "config.json").is_file()
 
 
