@@ -180,13 +180,14 @@ CURVE_FILES = ("train_log.jsonl", "train_config.json", "train_summary.json",
 def add_curve(train_out: str | Path, root: str | Path, data: str, name: str) -> Path:
     """Keep a GRPO run's learning curve (its step log, dev evaluations and best step) as
     `root/data/curves/name/`; `prlm report` plots it. A `prlm sft` run's curve (`dev_curve.jsonl`, its
-    evaluations and summary) is kept the same way. Returns that folder."""
+    evaluations and summary) is kept the same way; one trained without a dev curve keeps its summary, whose
+    `log` is its step log. Returns that folder."""
     import shutil
 
     train_out = Path(train_out)
-    if not any((train_out / log).is_file() for log in ("train_log.jsonl", "dev_curve.jsonl")):
-        raise PrlmError(f"'{train_out}' has no train_log.jsonl or dev_curve.jsonl: pass the `out` folder of a "
-                        "`prlm train` or `prlm sft` run")
+    if not any((train_out / log).is_file() for log in ("train_log.jsonl", "dev_curve.jsonl", "sft_summary.json")):
+        raise PrlmError(f"'{train_out}' has no train_log.jsonl, dev_curve.jsonl or sft_summary.json: pass the "
+                        "`out` folder of a `prlm train` or `prlm sft` run")
     folder = Path(root) / data / CURVES / name
     if folder.exists():
         shutil.rmtree(folder)
