@@ -56,16 +56,21 @@ class SamplingCopy:
         return self.model
 
 
-def _detached_copy(policy):
-    """A deep copy whose forward is its own.
+def drop_forward_patch(model):
+    """Make `model` run its class's forward again; returns the patch removed (None if there was none).
 
-    TRL (`add_fused_lm_head`) and accelerate (mixed precision) replace a
-    model's `forward` by a closure over the original model's bound forward; a
-    deep copy keeps that closure, so the copy would run the policy itself.
-    Dropping the instance attribute restores the class's forward.
+    TRL (`add_fused_lm_head`) and accelerate (mixed precision: bf16 autocast)
+    replace a model's `forward` by an instance attribute, a closure over the
+    original model's bound forward.
     """
+    return model.__dict__.pop("forward", None)
+
+
+def _detached_copy(policy):
+    """A deep copy whose forward is its own: a deep copy keeps the patch's
+    closure (`drop_forward_patch`), so the copy would run the policy itself."""
     model = copy.deepcopy(policy).eval()
-    model.__dict__.pop("forward", None)
+    drop_forward_patch(model)
     return model
 
 
