@@ -88,12 +88,35 @@ def test_importance_ratio_modes_by_hand():
     assert torch.allclose(sequence, torch.tensor([[torch.exp(torch.tensor(-1.0))]]))
 
 
+def _lora_policy(model):
+    """`model` wrapped in LoRA adapters that already matter (PEFT starts them at zero), patched as TRL's trainer
+    patches a PEFT model: the fused head on the wrapped base model, not on the wrapper."""
+    from peft import LoraConfig, get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    policy = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    add_fused_lm_head(policy.get_base_model())
+    return policy
+
+
+def _head_weight(policy):
+    return policy.get_base_model().lm_head.weight if hasattr(policy, "get_base_model") else policy.lm_head.weight
+
+
 @pytest.mark.parametrize("kind", ["bf16", "int8"])
-def test_the_copy_follows_the_policy_after_each_step(tiny_llama_dir, kind):
+@pytest.mark.parametrize("adapters", [False, True], ids=["full", "lora"])
+def test_the_copy_follows_the_policy_after_each_step(tiny_llama_dir, kind, adapters):
     from trl.trainer.utils import add_fused_lm_head
 
     model, tok = load_policy(tiny_llama_dir)
-    add_fused_lm_head(model)  # as TRL's trainer does: a forward that closes over the policy's own
+    if adapters:
+        model = _lora_policy(model)
+    else:
+        add_fused_lm_head(model)  # as TRL's trainer does: a forward that closes over the policy's own
     copy = SamplingCopy(kind)
     ids = tok(["hello there"], return_tensors="pt")["input_ids"]
 
@@ -108,8 +131,10 @@ def test_the_copy_follows_the_policy_after_each_step(tiny_llama_dir, kind):
         assert {p.dtype for p in first.parameters()} == {torch.bfloat16}
         assert all(b.dtype == torch.float32 for b in first.buffers() if b.is_floating_point())
     with torch.no_grad():
-        model.lm_head.weight.mul_(3.0)
-    assert not torch.allclose(logits(copy.of(model, 0)), logits(model), atol=0.05)  # same step: not refreshed
+        _head_weight(model).mul_(3.0)
+    # Same step: not refreshed, and the copy runs its own weights (a forward patch carried into the copy would
+    # run the policy's, and this would hold).
+    assert not torch.allclose(logits(copy.of(model, 0)), logits(model), atol=0.05)
     assert torch.allclose(logits(copy.of(model, 1)), logits(model), atol=0.15)
 
 

@@ -39,7 +39,7 @@ from prlm.evaluation import rouge
 from prlm.generation import HFGenerator, SamplingParams
 from prlm.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from prlm.prompts import prompted_examples
-from prlm.training.sampling_copy import drop_forward_patch
+from prlm.training.sampling_copy import drop_forward_patches, restore_forward_patches
 
 EVALS_FOLDER = "dev_evals"
 BEST_FOLDER = "best"
@@ -108,12 +108,11 @@ def own_forward(model):
     (TRL's fused LM head does likewise); greedy answers under bf16 differ from float32's on about a third of
     the dev questions, so a curve evaluated through it would not be the figure `prlm eval` gives.
     """
-    patched = drop_forward_patch(model)
+    patches = drop_forward_patches(model)
     try:
         yield model
     finally:
-        if patched is not None:
-            model.forward = patched
+        restore_forward_patches(patches)
 
 
 def improves(score: float, best: float | None) -> bool:

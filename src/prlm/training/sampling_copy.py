@@ -56,21 +56,37 @@ class SamplingCopy:
         return self.model
 
 
-def drop_forward_patch(model):
-    """Make `model` run its class's forward again; returns the patch removed (None if there was none).
+def drop_forward_patches(model) -> list[tuple[torch.nn.Module, object]]:
+    """Make `model` run its class's forward again; returns the patches removed, for `restore_forward_patches`.
 
     TRL (`add_fused_lm_head`) and accelerate (mixed precision: bf16 autocast)
     replace a model's `forward` by an instance attribute, a closure over the
-    original model's bound forward.
+    original model's bound forward. Under PEFT, TRL patches the wrapped base
+    model rather than the wrapper, so both are looked at.
     """
-    return model.__dict__.pop("forward", None)
+    removed = []
+    for module in _patchable(model):
+        patch = module.__dict__.pop("forward", None)
+        if patch is not None:
+            removed.append((module, patch))
+    return removed
+
+
+def restore_forward_patches(removed: list[tuple[torch.nn.Module, object]]) -> None:
+    for module, patch in removed:
+        module.forward = patch
+
+
+def _patchable(model) -> list[torch.nn.Module]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [model] if base is model else [model, base]
 
 
 def _detached_copy(policy):
-    """A deep copy whose forward is its own: a deep copy keeps the patch's
-    closure (`drop_forward_patch`), so the copy would run the policy itself."""
+    """A deep copy whose forward is its own: a deep copy keeps a forward
+    patch's closure (`drop_forward_patches`), so the copy would run the policy itself."""
     model = copy.deepcopy(policy).eval()
-    drop_forward_patch(model)
+    drop_forward_patches(model)
     return model
 
 
