@@ -191,11 +191,12 @@ def add_curve(train_out: str | Path, root: str | Path, data: str, name: str) -> 
     folder = Path(root) / data / CURVES / name
     if folder.exists():
         shutil.rmtree(folder)
-    (folder / "dev_evals").mkdir(parents=True)
+    folder.mkdir(parents=True)
     for file in CURVE_FILES:
         if (train_out / file).is_file():
             shutil.copyfile(train_out / file, folder / file)
     for rows in sorted((train_out / "dev_evals").glob("step-*.jsonl")):
+        (folder / "dev_evals").mkdir(exist_ok=True)
         shutil.copyfile(rows, folder / "dev_evals" / rows.name)
     if (train_out / "best" / "best.json").is_file():
         shutil.copyfile(train_out / "best" / "best.json", folder / "best.json")
