@@ -41,15 +41,17 @@ evaluate sft-s1 runs/study/sft-s1/final rag 32
 
 RECIPE_NOTE="one recipe fixed on numpy-scipy-cargo dev before test (docs/lab-notebook.md); seed 1 trained without dev \
 evaluations, at the step count seed 0 chose; test evaluated once"
-keep() {  # method recipe summary_file selection command
+keep() {  # name recipe summary_file selection command method [extra results-add options...]
+  local extra=("${@:7}")
   "$PRLM" results add "runs/study/eval/$SPLIT/$1-s0" "runs/study/eval/$SPLIT/$1-s1" --seeds 0,1 \
     --train-summary "runs/study/$1-s0/$3" --train-summary "runs/study/$1-s1/$3" \
-    --data-name "$DATA" --method "$6" --selected-on dev --recipe "$2" --selection "$4; $RECIPE_NOTE" --command "$5"
+    --data-name "$DATA" --method "$6" --selected-on dev --recipe "$2" --selection "$4; $RECIPE_NOTE" --command "$5" \
+    "${extra[@]}"
 }
 keep start configs/start-reasoning-sft.yaml sft_summary.json \
   "the start's step count, 64 of (32, 64), on the first 150 dev questions (entry 1)" \
   "bash results/reproduce-study.sh (prlm sft --config configs/start-reasoning-sft.yaml --seed S; prlm eval $EVAL --method prlm --max-new-tokens 96 --model runs/study/start-sS/final)" \
-  warmup-only
+  warmup-only --compare-to sft
 keep grpo-b configs/grpo-study-b.yaml train_summary.json \
   "the GRPO recipe, entry 3 of 3 tried (scale_rewards batch, temperature 0.7; 64 steps of 4 x 8): +0.0235 [+0.0042, +0.0445] over its start on all 252 dev questions at seed 0" \
   "bash results/reproduce-study.sh (prlm train --config configs/grpo-study-b.yaml --seed S --model runs/study/start-sS/final; prlm eval $EVAL --method prlm --max-new-tokens 96 --model runs/study/grpo-b-sS/final)" \
