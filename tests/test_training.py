@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from prlm import PrlmError
 from prlm.options import load_yaml
 from prlm.training.config import TrainConfig
-from prlm.training.grpo import grpo_kwargs, last_checkpoint, train_grpo
+from prlm.training.grpo import checkpoint_step, grpo_kwargs, last_checkpoint, train_grpo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_sigkill_then_resume_loses_only_unsaved_steps(tiny_data, tiny_llama_dir,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists()
-    saved = int(last_checkpoint(out).name.split("-")[-1])
+    saved = checkpoint_step(last_checkpoint(out))
     finish = saved + 2
     done = subprocess.run(_train_cmd(tiny_data, tiny_llama_dir, out, "--resume", max_steps=finish), env=env,
                           capture_output=True, text=True)

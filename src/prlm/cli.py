@@ -396,7 +396,7 @@ def _add_results_commands(sub) -> None:
     p = results.add_parser("add-curve", help="keep a GRPO or sft run's learning curve (step log, dev evaluations, "
                                              "best step) under results/DATA/curves/NAME/")
     p.add_argument("train_out", help="the `out` folder of a `prlm train` run (holds train_log.jsonl) or of a "
-                                     "`prlm sft` run with a dev curve (dev_curve.jsonl)")
+                                     "`prlm sft` run (dev_curve.jsonl with a dev curve, else sft_summary.json)")
     p.add_argument("--data-name", required=True, help="dataset name, e.g. git-commit-subject")
     p.add_argument("--name", required=True, help="the model's method name, e.g. prlm")
     p.add_argument("--results", default="results", help="results folder (default: results)")

@@ -259,7 +259,12 @@ def make_step_callback(log: StepLog, extra_logs=None):
 def last_checkpoint(out: str | Path) -> Path | None:
     folder = Path(out) / "checkpoints"
     done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    return max(done, key=checkpoint_step, default=None)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a TRL `checkpoint-N` folder was saved at."""
+    return int(checkpoint.name.split("-")[-1])
 
 
 def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
@@ -353,7 +358,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = (), retriever=None
         tokenizer.save_pretrained(warm)
 
     log = StepLog(out)
-    log.truncate(int(resume_from.name.split("-")[-1]) if resume_from else 0)
+    log.truncate(checkpoint_step(resume_from) if resume_from else 0)
     callbacks = [make_step_callback(log)]
     if cfg.dev_eval_steps:
         from prlm.training.dev_curve import make_dev_curve
