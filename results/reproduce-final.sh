@@ -13,6 +13,8 @@
 #     (results/git-commit-subject/curves/prlm); prlm-rl-only gets the same count;
 #   - the sft step count, SFT_STEPS below: the best of 20, 40, 60 on the first 40 dev questions
 #     (results/git-commit-subject/curves/sft/dev_curve.jsonl; on git this script chooses it again, elsewhere it reuses it).
+# On three-projects the records are named issue13-warmup-only, issue13-prlm, issue13-sft and issue13-prlm-rl-only:
+# issue 23's recipe holds the plain names there (results/reproduce-study.sh). git keeps the plain names.
 # Wall time at 2 torch threads on the 2-core CPU: about 1 h 45 min per dataset (docs/results.md has each run's).
 set -euo pipefail
 DATA=${1:?usage: bash results/reproduce-final.sh DATA   (git-commit-subject or three-projects-commit-subject)}
@@ -23,6 +25,7 @@ RECIPE=configs/pers-commit-subject-w0.yaml
 SFT_RECIPE=configs/sft-commit-subject-devsel.yaml
 DATA_DIR=../shared/data/$DATA
 NAME=${DATA%-commit-subject}
+KEEP_AS=""  # the records' name prefix (see above)
 if [ "$DATA" = git-commit-subject ]; then
   # the folders where the records were made (git's prlm run is the recipe's own `out`)
   STUDY_OUT=runs/pers-w0 RL_OUT=runs/final/git-rl-only SFT_OUT=runs/final/git-sft
@@ -34,6 +37,13 @@ else
   ON_DATA=(--set "data=$DATA_DIR")
   SFT_CHOOSE=(--data "$DATA_DIR" --max-steps "$SFT_STEPS" --dev-eval-steps 0)  # git's choice, not chosen again
   SFT_MODEL=$SFT_OUT/final
+  if [ "$DATA" = three-projects-commit-subject ]; then KEEP_AS=issue13-; fi
+fi
+COMPARE=(--compare-to "${KEEP_AS}warmup-only")
+RL_COMPARE=()
+if [ -n "$KEEP_AS" ]; then
+  COMPARE+=(--compare-to "${KEEP_AS}sft" --compare-to "${KEEP_AS}prlm-rl-only")
+  RL_COMPARE=(--compare-to rag)
 fi
 STUDY=("${ON_DATA[@]}" --set "out=$STUDY_OUT")
 RL_ONLY=("${ON_DATA[@]}" --set train.sft_steps=0 --set train.grpo_questions=all --set eval_warmup_only=false
@@ -45,19 +55,19 @@ SFT_CHOICE="the sft step count ($SFT_STEPS): the best of 20, 40 and 60 steps on 
 # 1. warm-up + GRPO; the test split once (the dev evaluation is what `prlm run` without --final adds)
 prlm run "$RECIPE" "${STUDY[@]}" --final
 OUT=$STUDY_OUT
-prlm results add "$OUT/final-test/warmup-only" --data-name "$DATA" --method warmup-only \
+prlm results add "$OUT/final-test/warmup-only" --data-name "$DATA" --method "${KEEP_AS}warmup-only" \
   --selected-on "fixed in advance" --recipe "$RECIPE" --train-summary "$OUT/train/train_summary.json" \
   --command "prlm run $RECIPE ${STUDY[*]} --final"
-prlm results add "$OUT/final-test/prlm" --data-name "$DATA" --method prlm --selected-on dev \
+prlm results add "$OUT/final-test/prlm" --data-name "$DATA" --method "${KEEP_AS}prlm" --selected-on dev \
   --selection "$GRPO_CHOICE" --recipe "$RECIPE" --train-summary "$OUT/train/train_summary.json" \
-  --compare-to warmup-only --command "prlm run $RECIPE ${STUDY[*]} --final"
+  "${COMPARE[@]}" --command "prlm run $RECIPE ${STUDY[*]} --final"
 
 # 2. the paper's method as written: GRPO from the base policy, the format pre-filled
 prlm run "$RECIPE" "${RL_ONLY[@]}" --final
 OUT=$RL_OUT
-prlm results add "$OUT/final-test/prlm" --data-name "$DATA" --method prlm-rl-only --selected-on dev \
+prlm results add "$OUT/final-test/prlm" --data-name "$DATA" --method "${KEEP_AS}prlm-rl-only" --selected-on dev \
   --selection "$GRPO_CHOICE" --recipe "$RECIPE" --train-summary "$OUT/train/train_summary.json" \
-  --command "prlm run $RECIPE ${RL_ONLY[*]} --final"
+  "${RL_COMPARE[@]}" --command "prlm run $RECIPE ${RL_ONLY[*]} --final"
 
 # 3. the supervised baseline, its step count chosen on git dev
 prlm sft --config "$SFT_RECIPE" "${SFT[@]}"
@@ -67,7 +77,7 @@ fi
 prlm eval --task commit-subject --data "$DATA_DIR" --split test --method rag --retriever bm25 --k 4 \
   --max-prompt-tokens 512 --max-new-tokens 32 --batch-size 8 --seed 0 --device cpu --backend hf \
   --model "$SFT_MODEL" --out "$SFT_OUT/test"
-prlm results add "$SFT_OUT/test" --data-name "$DATA" --method sft --selected-on dev --selection "$SFT_CHOICE" \
+prlm results add "$SFT_OUT/test" --data-name "$DATA" --method "${KEEP_AS}sft" --selected-on dev --selection "$SFT_CHOICE" \
   --recipe "$SFT_RECIPE" --train-summary "$SFT_OUT/sft_summary.json" \
   --command "prlm sft --config $SFT_RECIPE ${SFT[*]} && prlm eval ... --model $SFT_MODEL (results/reproduce-final.sh)"
 
