@@ -289,6 +289,30 @@ def test_seeds_make_one_record_compared_question_by_question(tmp_path):
     assert any(line.startswith("| prlm - rag | rougeL |") and line.endswith("| 2 |") for line in markdown.splitlines())
 
 
+def test_each_seed_is_compared_with_the_same_seed_or_the_one_untrained_run(tmp_path):
+    """Beside the mean over seeds, the comparison gives each seed's own difference: against the other side's
+    same seed where it has seeds, against its one run where it has none."""
+    root = _records(tmp_path)
+    prlm = [_run(tmp_path / f"p{i}", "test", scores, "prlm") for i, scores in
+            enumerate(([0.9, 0.0, 0.6, 0.3], [0.1, 0.8, 0.6, 0.3]))]
+    sft = [_run(tmp_path / f"s{i}", "test", scores) for i, scores in
+           enumerate(([0.9, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 0.0]))]
+    add_record(prlm, root, "ds", "prlm", "fixed in advance", "c", seeds=[0, 1])
+    add_record(sft, root, "ds", "sft", "fixed in advance", "c", seeds=[0, 1])
+    rows = {(r["a"], r["b"]): r for r in comparisons(load_records(root), samples=200) if r["metric"] == "rougeL"}
+    # against rag's one run (0.1, 0.2, 0.1, 0.0): seed 0 is ahead on three questions and behind on one, seed 1
+    # ahead on three and level on the first
+    assert [(d["seed"], d["diff"], d["better"], d["worse"]) for d in rows[("rag", "prlm")]["per_seed"]] == \
+        [(0, 0.35, 3, 1), (1, 0.35, 3, 0)]
+    # against sft, seed by seed: seed 0 answers exactly as sft's seed 0, seed 1 is ahead of sft's seed 1 on all four
+    by_seed = rows[("sft", "prlm")]["per_seed"]
+    assert [(d["seed"], d["diff"], d["better"], d["worse"], d["lo"], d["hi"]) for d in by_seed] == \
+        [(0, 0.0, 0, 0, 0.0, 0.0), (1, 0.45, 4, 0, by_seed[1]["lo"], by_seed[1]["hi"])]
+    assert "per_seed" not in next(r for r in comparisons(load_records(_records(tmp_path / "plain")), samples=50))
+    markdown = render_report(root, f"{SECTION_BEGIN}\n{SECTION_END}\n", samples=50)[1]
+    assert "| s0 +0.0000 [+0.0000, +0.0000] (0/0) / s1 +0.4500 [" in markdown
+
+
 def test_a_record_of_seeds_names_each_runs_seed(tmp_path):
     runs = [_run(tmp_path / "s0", "test", [0.5, 0.4], "prlm"), _run(tmp_path / "s1", "test", [0.5, 0.4], "prlm")]
     with pytest.raises(PrlmError, match="--seeds 0,1"):

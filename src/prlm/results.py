@@ -76,8 +76,8 @@ def add_record(run: str | Path | Sequence[str | Path], root: str | Path, data: s
     `compare_to`: methods this one is compared against in the report (B = this, A = each), beyond the
     standard pairs: the comparison an experiment was made for (an ablation against its own baseline)."""
     runs = [run] if isinstance(run, (str, Path)) else list(run)
-    summaries = [train_summary] if isinstance(train_summary, (str, Path)) or train_summary is None \
-        else list(train_summary)
+    summaries = [train_summary] if isinstance(train_summary, (str, Path)) else \
+        [None] * len(runs) if train_summary is None else list(train_summary)
     _check_record_request(selected_on, selection, command, runs, summaries, seeds)
     evaluated = [load_run(r) for r in runs]
     summary = evaluated[0][0]
@@ -131,7 +131,7 @@ def _check_record_request(selected_on: str, selection: str, command: str, runs: 
     if len(runs) > 1 and (len(seeds) != len(runs) or len(set(seeds)) != len(seeds)):
         raise PrlmError(f"{len(runs)} runs make one record of several seeds: name each run's seed, distinct and "
                         f"in the runs' order, e.g. --seeds {','.join(str(i) for i in range(len(runs)))}")
-    if summaries != [None] and len(summaries) != len(runs):
+    if len(summaries) != len(runs):
         raise PrlmError(f"pass one --train-summary per run ({len(runs)}), in the runs' order, or none")
 
 
@@ -285,8 +285,34 @@ def comparisons(records: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[dict]:
                        "commit": sum_b["commit"]}
                 if seeds > 1:  # absent with one seed a side: the committed rows keep their shape
                     row["seeds"] = seeds
+                per_seed = per_seed_differences(rows_a, rows_b, metric, samples)
+                if per_seed:  # absent where neither side has seeds, as `seeds`
+                    row["per_seed"] = per_seed
                 rows.append(row)
     return rows
+
+
+def per_seed_differences(rows_a: list[dict], rows_b: list[dict], metric: str, samples: int) -> list[dict]:
+    """B minus A at each training seed, beside the comparison of the means over seeds: a seed of B against the
+    same seed of A, or against A's one run where A has no seeds (a floor, an untrained prompt). Each entry: the
+    difference, its 95% paired interval and how many questions B answers better and worse. [] without seeds."""
+    seeds_a, seeds_b = _seeds(rows_a), _seeds(rows_b)
+    seeds = [s for s in seeds_b if s in seeds_a] if seeds_a and seeds_b else seeds_a or seeds_b
+    differences = []
+    for seed in seeds:
+        by_a = question_means([r for r in rows_a if not seeds_a or r["seed"] == seed], metric)
+        by_b = question_means([r for r in rows_b if not seeds_b or r["seed"] == seed], metric)
+        ids = sorted(by_a)
+        result = paired_bootstrap([by_a[i] for i in ids], [by_b[i] for i in ids], metric=metric, samples=samples,
+                                  seed=0)
+        differences.append({"seed": seed, "diff": round(result.diff, 4), "lo": round(result.low, 4),
+                            "hi": round(result.high, 4), "better": sum(by_b[i] > by_a[i] for i in ids),
+                            "worse": sum(by_b[i] < by_a[i] for i in ids)})
+    return differences
+
+
+def _seeds(rows: list[dict]) -> list[int]:
+    return sorted({r["seed"] for r in rows if "seed" in r})
 
 
 def _comparison_seeds(*summaries: dict) -> int:
@@ -383,11 +409,11 @@ def records_markdown(records: dict, comparison_rows: list[dict], rm_rows: list[d
                              f"{summary['selected_on']} | {summary['recipe'] or '-'} | {_wall(summary)} |")
             pairs = [r for r in comparison_rows if (r["data"], r["split"]) == (data, split)]
             if pairs:
-                lines += ["", "| B minus A | metric | A | B | difference | 95% interval | seeds |",
-                          "|---|---|---|---|---|---|---|"]
+                lines += ["", "| B minus A | metric | A | B | difference | 95% interval | per seed: difference "
+                          "[interval] (questions B better/worse) | seeds |", "|---|---|---|---|---|---|---|---|"]
                 lines += [f"| {r['b']} - {r['a']} | {r['metric']} | {r['a_score']:.4f} | {r['b_score']:.4f} | "
-                          f"{r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] | {r.get('seeds', 1)} |"
-                          for r in pairs]
+                          f"{r['diff']:+.4f} | [{r['lo']:+.4f}, {r['hi']:+.4f}] | {_per_seed_differences(r)} | "
+                          f"{r.get('seeds', 1)} |" for r in pairs]
             lines += ["", "Commands:", ""]
             lines += [_command_line(method, records[(data, split, method)][0]) for method in methods]
             lines.append("")
@@ -407,6 +433,11 @@ def _per_seed(summary: dict) -> str:
     if not runs:
         return "-"
     return " / ".join(f"{r['metrics']['rougeL']:.4f} (s{r['seed']})" for r in runs)
+
+
+def _per_seed_differences(row: dict) -> str:
+    return " / ".join(f"s{d['seed']} {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] ({d['better']}/{d['worse']})"
+                      for d in row.get("per_seed", [])) or "-"
 
 
 def degenerate_share(predictions: list[dict]) -> float | None:
