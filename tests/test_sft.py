@@ -163,3 +163,53 @@ def test_the_reasoning_format_trains_and_chooses_the_start_grpo_begins_from(tiny
     assert methods == [REASONING_METHOD] * 2 and all("dev/format_rate" in r for r in curve)
     with pytest.raises(PrlmError, match="completion_format"):
         _cfg(tiny_data, tiny_llama_dir, tmp_path / "bad", completion_format="think")
+
+
+def test_a_killed_sft_run_resumes_to_the_uninterrupted_model(tiny_data, tiny_llama_dir, tmp_path, monkeypatch):
+    """Killed after step 3 with a checkpoint at step 2, the run resumed with --resume trains steps 3 and 4 only
+    and ends with the weights of the run never killed."""
+    from transformers import TrainerCallback
+
+    import prlm.training.sft as sft
+
+    uninterrupted = _weights(train_sft(_cfg(tiny_data, tiny_llama_dir, tmp_path / "whole", max_steps=4)))
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt  # as a SIGINT between steps
+
+    steps_run = []
+
+    class Count(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_run.append(state.global_step)
+
+    real = sft.sft_trainer
+    extra = [Kill()]
+    monkeypatch.setattr(sft, "sft_trainer", lambda *a, **k: _with(real(*a, **k), extra))
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(_cfg(tiny_data, tiny_llama_dir, run, max_steps=4, save_steps=2))
+    assert not (run / "final").exists() and (run / "checkpoints" / "checkpoint-2").is_dir()
+    with pytest.raises(PrlmError, match="--resume"):  # checkpoints are not trained over by accident
+        train_sft(_cfg(tiny_data, tiny_llama_dir, run, max_steps=4, save_steps=2))
+
+    extra[:] = [Count()]
+    final = train_sft(_cfg(tiny_data, tiny_llama_dir, run, max_steps=4, save_steps=2, resume=True))
+    assert steps_run == [3, 4]
+    summary = json.loads((run / "sft_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
+    resumed = _weights(final)
+    assert all(torch.allclose(resumed[name], uninterrupted[name], atol=1e-6) for name in resumed)
+
+
+def _with(trainer, callbacks):
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
+def test_resume_does_not_continue_a_dev_curve(tiny_data, tiny_llama_dir, tmp_path):
+    with pytest.raises(PrlmError, match="--dev-eval-steps 0"):
+        _cfg(tiny_data, tiny_llama_dir, tmp_path / "run", resume=True, dev_eval_steps=2)

@@ -18,6 +18,11 @@ OUT/final stays the last step. The dev-chosen model is evaluated with
 
 (on test only once its step count is fixed; sft_summary.json records the best
 step, its dev score and the whole curve).
+
+A long run in the background: `save_steps: N` checkpoints every N steps, and
+the same command with `--resume` continues a killed run from the last one
+(TRL's checkpoint: weights, optimizer, data position, random state), ending
+with the model the uninterrupted run would have made.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
     dev_max_new_tokens: int = opt(32, "Answer tokens generated in the dev evaluation (use the evaluation's "
                                       "max_new_tokens).")
     dev_eval_batch_size: int = opt(8, "Prompts per generation batch in the dev evaluation.")
+    save_steps: int = opt(0, "Save a checkpoint (weights, optimizer, data position) into OUT/checkpoints every N "
+                             "steps, the last two kept, so that a killed run can resume; 0 = none.")
+    resume: bool = opt(False, "Continue from the last checkpoint in OUT/checkpoints (same options): the run ends "
+                              "with the model an uninterrupted one would have. Not with dev_eval_steps.")
 
     def __post_init__(self):
         super().__post_init__()
@@ -91,6 +100,12 @@ class SFTConfig(TrainerOptions, ProfileDataConfig):
         for name in ("dev_eval_limit", "dev_max_new_tokens", "dev_eval_batch_size"):
             if getattr(self, name) < 1:
                 raise PrlmError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.save_steps < 0:
+            raise PrlmError(f"save_steps must be >= 0 (0 = no checkpoints), got {self.save_steps}")
+        if self.resume and self.dev_eval_steps:
+            # the dev curve and best/ of the killed run would have to be merged with the resumed run's
+            raise PrlmError("resume does not continue a dev curve: resume with --dev-eval-steps 0, or start the "
+                            "run again without --resume")
 
 
 def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
@@ -112,8 +127,8 @@ def sft_rows(cfg: SFTConfig, tokenizer) -> list[dict]:
 
 
 def _dev_curve(cfg: SFTConfig, tokenizer) -> list:
-    """The dev curve's callback (none without dev_eval_steps). sft never resumes, so a killed run's best/ and
-    curve are removed first: they would otherwise compete with this run's steps."""
+    """The dev curve's callback (none without dev_eval_steps). A run with a dev curve never resumes, so a killed
+    run's best/ and curve are removed first: they would otherwise compete with this run's steps."""
     if not cfg.dev_eval_steps:
         return []
     import shutil
@@ -153,7 +168,8 @@ def sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], callbacks=()
     args = TrlSFTConfig(
         output_dir=str(Path(cfg.out) / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", logging_steps=5, save_strategy="no",
+        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", logging_steps=5,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
         report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed, completion_only_loss=True,
         max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
         gradient_checkpointing=cfg.gradient_checkpointing,
@@ -162,15 +178,27 @@ def sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], callbacks=()
                       callbacks=list(callbacks))
 
 
+def _checkpoint_to_resume(cfg: SFTConfig) -> Path | None:
+    """The last complete checkpoint to continue from with --resume; refuses to train over checkpoints without."""
+    from prlm.training.grpo import last_checkpoint
+
+    checkpoint = last_checkpoint(cfg.out)
+    if checkpoint is not None and not cfg.resume:
+        raise PrlmError(f"'{cfg.out}' already holds checkpoints: pass --resume to continue, or choose another --out")
+    return checkpoint if cfg.resume else None  # --resume without a checkpoint starts afresh, as `prlm train`
+
+
 def train_sft(cfg: SFTConfig) -> Path:
     """Fine-tune and save `out/final` (and `out/best` with dev_eval_steps); returns `out/final`.
     A finished run is not redone."""
     from prlm.models import load_policy
+    from prlm.training.grpo import checkpoint_step
 
     out, final = Path(cfg.out), Path(cfg.out) / "final"
     if (final / "config.json").is_file():
         raise PrlmError(f"'{final}' already holds a tuned model; choose another --out or delete it")
     claim_output_dir(out, "prlm sft")
+    resume_from = _checkpoint_to_resume(cfg)
     started = time.time()
     model, tokenizer = load_policy(cfg.model, device="cpu")  # the Trainer moves it to its device
     rows = sft_rows(cfg, tokenizer)
@@ -179,12 +207,14 @@ def train_sft(cfg: SFTConfig) -> Path:
     atomic_write_jsonl(out / "train_prompts.jsonl", rows)
     callbacks = _dev_curve(cfg, tokenizer)
     trainer = sft_trainer(cfg, model, tokenizer, rows, callbacks)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.model.save_pretrained(final)
     tokenizer.save_pretrained(final)
     atomic_write_json(out / "sft_summary.json", {
         "steps": trainer.state.global_step, "train_loss": result.training_loss, "final": str(final),
         "examples": len(rows), "wall_time_s": round(time.time() - started, 1), "config": asdict(cfg),
+        # this process's steps and wall time start there (the killed run's are not counted)
+        **({"resumed_from_step": checkpoint_step(resume_from)} if resume_from else {}),
         "log": [r for r in trainer.state.log_history if "loss" in r], **_dev_summary(callbacks),
     })
     return final
