@@ -4,7 +4,8 @@
 #   bash results/reproduce-study.sh three-projects-commit-subject    # the same recipe, only --data changed (runs/study3p/)
 # then `prlm report`. Trains what the run folder lacks (the start, GRPO from it and the sft baseline, at each seed
 # of SEEDS), evaluates each model once on test, and keeps the records (one per method, its seeds together).
-# About 2 h 15 min a seed at 2 torch threads on a 2-core CPU; each step is skipped when its output exists.
+# About 2 h 15 min a seed at 2 torch threads on a 2-core CPU; each step is skipped when its output exists, and a
+# killed training run continues from its last checkpoint when the script is run again.
 # KEEP_ONLY=1 trains and evaluates nothing: it keeps the records of the seeds whose evaluations exist.
 #
 # The recipe was fixed on numpy-scipy-cargo dev. There, seed 0 was trained with its dev curve (the configs as
@@ -30,7 +31,10 @@ fi
 train() {  # kind config seed out [extra...]
   local kind=$1 config=$2 seed=$3 out=$4
   shift 4
-  local curve=(--dev-eval-steps 0)  # only numpy's seed 0 draws the dev curve the step counts were chosen on
+  # Only numpy's seed 0 draws the dev curve the step counts were chosen on; the other runs resume when killed
+  # (GRPO's configs checkpoint every 16 steps; sft is told to).
+  local curve=(--dev-eval-steps 0 --resume)
+  if [ "$kind" = sft ]; then curve+=(--save-steps 16); fi
   if [ "$CHOSEN_HERE" = 1 ] && [ "$seed" = 0 ]; then curve=(); fi
   [ -f "$out/final/config.json" ] || "$PRLM" "$kind" --config "$config" "${ON_DATA[@]}" --seed "$seed" --out "$out" \
     "${curve[@]}" "$@"
