@@ -82,10 +82,27 @@ class ThreadedServer:
 
 class SlowEncoder:
     """A stand-in sentence encoder: deterministic unit vectors, `seconds` per text (a real encoder's cost,
-    without its weights), and a record of every text it encoded; `calls` counts calls as they start."""
+    without its weights), and a record of every text it encoded; `calls` counts calls as they start.
+
+    `hold(marker)` makes every call with a text containing `marker` wait, until `let_through(n)` lets n of
+    them go on or `release()` lets all: a build that lasts exactly as long as the test needs, so "nothing
+    waited on it" is shown without timing anything."""
 
     def __init__(self, seconds: float = 0.0):
         self.seconds, self.calls, self.encoded = seconds, 0, []
+        self._held_marker, self._open, self._permits = None, True, threading.Semaphore(0)
+        self.held_calls = self.held_now = 0  # held calls that have started waiting; that wait now
+        self.holding = threading.Event()  # set when the first held call waits
+
+    def hold(self, marker: str) -> None:
+        self._held_marker, self._open = marker, False
+
+    def let_through(self, n: int = 1) -> None:
+        self._permits.release(n)
+
+    def release(self) -> None:
+        self._open = True
+        self._permits.release(10_000)
 
     def encode(self, texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False):
         import hashlib
@@ -93,6 +110,13 @@ class SlowEncoder:
         import numpy as np
 
         self.calls += 1
+        if not self._open and any(self._held_marker in t for t in texts):
+            self.held_calls += 1
+            self.held_now += 1
+            self.holding.set()
+            if not self._permits.acquire(timeout=120):
+                raise TimeoutError("SlowEncoder: held texts were never let through (call release() in a finally)")
+            self.held_now -= 1
         time.sleep(self.seconds * len(texts))
         self.encoded.extend(texts)
         out = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8).astype(np.float32) - 127.5

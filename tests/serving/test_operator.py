@@ -32,20 +32,36 @@ def encoder(monkeypatch):
     return made
 
 
-def _timed(fn):
-    started = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - started
-
-
 # --- 1. one user's dense index build stalls nobody else ---------------------------------------------
 
-def test_a_heavy_users_dense_build_stalls_no_other_user(tmp_path, tiny_generator, encoder):
+@pytest.fixture
+def encoder_locks(monkeypatch):
+    """Every FairLock the app makes (the shared encoder's), able to say how many threads wait for it."""
+    import prlm.serving.engine as engine
+
+    made = []
+
+    class WatchedLock(engine.FairLock):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+        def waiting(self) -> int:
+            with self._cond:
+                return max(0, self._next_ticket - self._serving - 1)
+
+    monkeypatch.setattr(engine, "FairLock", WatchedLock)
+    return made
+
+
+def test_a_heavy_users_dense_build_stalls_no_other_user(tmp_path, tiny_generator, encoder, encoder_locks):
     """Before: one lock for every user's retrieval; 66 s of one user's dense build held another user's
-    BM25 generate 57 s, their deletes 65 s each, and /healthz 62 s (blocked requests filled the threads)."""
-    encoder.seconds = 0.0125  # 800 entries: about 10 s of building (0.2 s a turn of 16)
+    BM25 generate 57 s, their deletes 65 s each, and /healthz 62 s (blocked requests filled the threads).
+    Here the heavy build is held open until the light user's requests have all been answered: a request
+    that waited on it would never return (the client gives up first), so no timing is asserted."""
     app, store = make_app(tmp_path / "p.sqlite", *tiny_generator, max_entries_per_request=800,
                           max_body_bytes=1 << 20, max_embed_per_request=1000)
+    encoder.hold("heavy entry number")
     with ThreadedServer(app) as server:
         admin = Client(server.url, ADMIN)
         tokens = {u: admin.request("POST", "/v1/users", {"user_id": u})[1]["token"] for u in ("heavy", "light")}
@@ -64,32 +80,48 @@ def test_a_heavy_users_dense_build_stalls_no_other_user(tmp_path, tiny_generator
             record(status)
 
         first = threading.Thread(target=heavy_generate, args=(lambda s: built.set(),))
-        first.start()
-        assert _wait(lambda: encoder.calls >= 2, 30)  # the build is under way
-        # The heavy user also piles up requests that wait on their own index: more than the worker threads.
         piled = [threading.Thread(target=heavy_generate, args=(extra.append,)) for _ in range(45)]
-        for t in piled:
-            t.start()
-        time.sleep(0.5)
-
-        write, write_s = _timed(lambda: light.request("POST", "/v1/users/light/entries", {"task": TASK, "entries": [
-            entry("l1", "Rain", "rain all week")]}))
-        bm25, bm25_s = _timed(lambda: light.request("POST", "/v1/users/light/generate",
-                                                    {"task": TASK, "input": "harbor storm", "retriever": "bm25"}))
-        health, health_s = _timed(lambda: Client(server.url, timeout=10).request("GET", "/healthz"))
-        delete, delete_s = _timed(lambda: light.request("DELETE", "/v1/users/light/entries/l1"))
-        dense, dense_s = _timed(lambda: light.request("POST", "/v1/users/light/generate",
-                                                      {"task": TASK, "input": "harbor", "retriever": "dense"}))
-        still_building = not built.is_set()
-        first.join(timeout=120)
-        for t in piled:
-            t.join(timeout=120)
+        try:
+            first.start()
+            assert encoder.holding.wait(30)  # the build is under way, inside its first chunk, until let through
+            # The heavy user also piles up requests that wait on their own index: more than the worker threads.
+            for t in piled:
+                t.start()
+            time.sleep(0.5)
+            light_waits = Client(server.url, tokens["light"], timeout=30)  # gives up: the build never ends alone
+            write = light_waits.request("POST", "/v1/users/light/entries", {"task": TASK, "entries": [
+                entry("l1", "Rain", "rain all week")]})
+            bm25 = light_waits.request("POST", "/v1/users/light/generate",
+                                       {"task": TASK, "input": "harbor storm", "retriever": "bm25"})
+            health = Client(server.url, timeout=30).request("GET", "/healthz")
+            delete = light_waits.request("DELETE", "/v1/users/light/entries/l1")
+            # A dense query needs the shared encoder, taken in turn a chunk at a time: each of the query's
+            # turns (its one entry, then its input) waits for the build's chunk in progress, and no more.
+            dense = []
+            light_dense = threading.Thread(target=lambda: dense.extend(light_waits.request(
+                "POST", "/v1/users/light/generate", {"task": TASK, "input": "harbor", "retriever": "dense"})))
+            light_dense.start()
+            chunks_waited = 0
+            while _wait(lambda: not light_dense.is_alive() or (
+                    encoder.held_now == 1 and encoder_locks[0].waiting() >= 1), 30) and light_dense.is_alive():
+                held_before = encoder.held_calls
+                encoder.let_through(1)  # the build's chunk in progress ends; the query waiting for it goes next
+                chunks_waited += 1
+                # until the build's next chunk is held (the query's turn came before it) or the query is answered
+                assert _wait(lambda: encoder.held_calls > held_before or not light_dense.is_alive(), 30)
+            light_dense.join(timeout=5)
+            still_building = not built.is_set()
+        finally:
+            encoder.release()
+            first.join(timeout=120)
+            for t in piled:
+                t.join(timeout=120)
     store.close()
-    print(f"light user during the heavy build: write {write_s:.2f} s, bm25 generate {bm25_s:.2f} s, "
-          f"healthz {health_s:.2f} s, delete {delete_s:.2f} s, dense generate {dense_s:.2f} s")
+    assert dense, "the light user's dense query never returned"
     assert (write[0], bm25[0], health[0], delete[0], dense[0]) == (201, 200, 200, 200, 200)
     assert still_building  # all of it happened while the heavy index was being built
-    assert write_s < 5 and bm25_s < 30 and health_s < 2 and delete_s < 5 and dense_s < 10
+    assert chunks_waited <= 2, chunks_waited  # one chunk of the build for each of the query's two turns
+    assert built.is_set()  # and the heavy build itself finished once released
     # The heavy user's pile: at most 8 in progress at once (the rest 429 at once), so they never held
     # the threads that everyone shares.
     assert set(extra) <= {200, 429} and extra.count(429) >= 45 - 8, extra
