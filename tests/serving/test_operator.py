@@ -108,7 +108,7 @@ def test_a_heavy_users_dense_build_stalls_no_other_user(tmp_path, tiny_generator
                 encoder.let_through(1)  # the build's chunk in progress ends; the query waiting for it goes next
                 chunks_waited += 1
                 # until the build's next chunk is held (the query's turn came before it) or the query is answered
-                assert _wait(lambda: encoder.held_calls > held_before or not light_dense.is_alive(), 30)
+                assert _wait(lambda before=held_before: encoder.held_calls > before or not light_dense.is_alive(), 30)
             light_dense.join(timeout=5)
             still_building = not built.is_set()
         finally:
