@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from prlm import PrlmError
 from prlm.options import load_yaml
+from prlm.training.checkpoints import checkpoint_step, last_checkpoint
 from prlm.training.config import TrainConfig
-from prlm.training.grpo import checkpoint_step, grpo_kwargs, last_checkpoint, train_grpo
+from prlm.training.grpo import grpo_kwargs, train_grpo
 
 REPO = Path(__file__).resolve().parents[1]
 

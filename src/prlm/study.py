@@ -325,7 +325,8 @@ def _train_stage(cfg: StudyConfig, train_cfg: dict, deps: list[str], ranking: St
     checked = TrainConfig(**train_opts)  # validate before any stage runs
 
     def train_policy():
-        from prlm.training.grpo import last_checkpoint, train_grpo
+        from prlm.training.checkpoints import last_checkpoint
+        from prlm.training.grpo import train_grpo
 
         resume = last_checkpoint(train_opts["out"]) is not None  # a crashed run continues
         train_grpo(TrainConfig(**{**train_opts, "resume": resume}), retriever=ranking.retriever(checked))

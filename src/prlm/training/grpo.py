@@ -20,6 +20,7 @@ from prlm.answers import ANSWER_CLOSE, REASONING_METHOD, prefill_for, reply_afte
 from prlm.data import get_task
 from prlm.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, claim_output_dir, read_jsonl
 from prlm.prompts import prompted_examples
+from prlm.training.checkpoints import checkpoint_step, checkpoint_to_resume
 from prlm.training.config import TrainConfig
 
 LOG_NAME = "train_log.jsonl"
@@ -256,17 +257,6 @@ def make_step_callback(log: StepLog, extra_logs=None):
     return StepLogger()
 
 
-def last_checkpoint(out: str | Path) -> Path | None:
-    folder = Path(out) / "checkpoints"
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(done, key=checkpoint_step, default=None)
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    """The optimizer step a TRL `checkpoint-N` folder was saved at."""
-    return int(checkpoint.name.split("-")[-1])
-
-
 def supervised_warmup(cfg: TrainConfig, rows: list[dict], model, tokenizer):
     """Teach the output format on gold answers before GRPO (as R1-style recipes do)."""
     from datasets import Dataset
@@ -336,9 +326,7 @@ def train_grpo(cfg: TrainConfig, extra_rewards: list[tuple] = (), retriever=None
 
     started = time.time()
     out = claim_output_dir(cfg.out, "prlm train")
-    resume_from = last_checkpoint(out) if cfg.resume else None
-    if not cfg.resume and last_checkpoint(out) is not None:
-        raise PrlmError(f"'{out}' already holds checkpoints: pass --resume to continue, or choose another --out")
+    resume_from = checkpoint_to_resume(out, cfg.resume)
     atomic_write_json(out / "train_config.json", cfg.__dict__)
 
     # GRPO starts from a finished warm-up when there is one (another run's, or this run's before a

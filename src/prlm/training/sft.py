@@ -37,6 +37,7 @@ from prlm.io import atomic_write_json, atomic_write_jsonl, claim_output_dir
 from prlm.options import TrainerOptions, check_choice, opt
 from prlm.prompts import MAX_PROMPT_TOKENS
 from prlm.retrieval import ProfileDataConfig
+from prlm.training.checkpoints import checkpoint_step, checkpoint_to_resume
 
 COMPLETION_FORMATS = ("answer", "reasoning")
 
@@ -169,7 +170,8 @@ def sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], callbacks=()
         output_dir=str(Path(cfg.out) / "checkpoints"), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=micro, gradient_accumulation_steps=cfg.batch_size // micro,
         learning_rate=cfg.learning_rate, lr_scheduler_type="constant", logging_steps=5,
-        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500, save_total_limit=2,
+        **({"save_strategy": "steps", "save_steps": cfg.save_steps} if cfg.save_steps else {"save_strategy": "no"}),
+        save_total_limit=2,
         report_to=[], use_cpu=cfg.use_cpu, bf16=cfg.bf16, seed=cfg.seed, data_seed=cfg.seed, completion_only_loss=True,
         max_length=cfg.max_prompt_tokens + cfg.max_answer_tokens, dataset_num_proc=None,
         gradient_checkpointing=cfg.gradient_checkpointing,
@@ -178,27 +180,16 @@ def sft_trainer(cfg: SFTConfig, model, tokenizer, rows: list[dict], callbacks=()
                       callbacks=list(callbacks))
 
 
-def _checkpoint_to_resume(cfg: SFTConfig) -> Path | None:
-    """The last complete checkpoint to continue from with --resume; refuses to train over checkpoints without."""
-    from prlm.training.grpo import last_checkpoint
-
-    checkpoint = last_checkpoint(cfg.out)
-    if checkpoint is not None and not cfg.resume:
-        raise PrlmError(f"'{cfg.out}' already holds checkpoints: pass --resume to continue, or choose another --out")
-    return checkpoint if cfg.resume else None  # --resume without a checkpoint starts afresh, as `prlm train`
-
-
 def train_sft(cfg: SFTConfig) -> Path:
     """Fine-tune and save `out/final` (and `out/best` with dev_eval_steps); returns `out/final`.
     A finished run is not redone."""
     from prlm.models import load_policy
-    from prlm.training.grpo import checkpoint_step
 
     out, final = Path(cfg.out), Path(cfg.out) / "final"
     if (final / "config.json").is_file():
         raise PrlmError(f"'{final}' already holds a tuned model; choose another --out or delete it")
     claim_output_dir(out, "prlm sft")
-    resume_from = _checkpoint_to_resume(cfg)
+    resume_from = checkpoint_to_resume(cfg.out, cfg.resume)
     started = time.time()
     model, tokenizer = load_policy(cfg.model, device="cpu")  # the Trainer moves it to its device
     rows = sft_rows(cfg, tokenizer)
