@@ -90,19 +90,18 @@ class SlowEncoder:
 
     def __init__(self, seconds: float = 0.0):
         self.seconds, self.calls, self.encoded = seconds, 0, []
-        self._held_marker, self._open, self._permits = None, True, threading.Semaphore(0)
+        self._held_marker, self._permits = None, threading.Semaphore(0)
         self.held_calls = self.held_now = 0  # held calls that have started waiting; that wait now
-        self.holding = threading.Event()  # set when the first held call waits
 
     def hold(self, marker: str) -> None:
-        self._held_marker, self._open = marker, False
+        self._held_marker = marker
 
     def let_through(self, n: int = 1) -> None:
         self._permits.release(n)
 
     def release(self) -> None:
-        self._open = True
-        self._permits.release(10_000)
+        self._held_marker = None
+        self._permits.release(10_000)  # more than any test holds: every waiting call goes on
 
     def encode(self, texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False):
         import hashlib
@@ -110,10 +109,9 @@ class SlowEncoder:
         import numpy as np
 
         self.calls += 1
-        if not self._open and any(self._held_marker in t for t in texts):
+        if self._held_marker and any(self._held_marker in t for t in texts):
             self.held_calls += 1
             self.held_now += 1
-            self.holding.set()
             if not self._permits.acquire(timeout=120):
                 raise TimeoutError("SlowEncoder: held texts were never let through (call release() in a finally)")
             self.held_now -= 1

@@ -83,7 +83,7 @@ def test_a_heavy_users_dense_build_stalls_no_other_user(tmp_path, tiny_generator
         piled = [threading.Thread(target=heavy_generate, args=(extra.append,)) for _ in range(45)]
         try:
             first.start()
-            assert encoder.holding.wait(30)  # the build is under way, inside its first chunk, until let through
+            assert _wait(lambda: encoder.held_calls == 1, 30)  # the build is under way, held in its first chunk
             # The heavy user also piles up requests that wait on their own index: more than the worker threads.
             for t in piled:
                 t.start()
