@@ -274,10 +274,7 @@ def comparisons(records: dict, samples: int = BOOTSTRAP_SAMPLES) -> list[dict]:
                                 "evaluate both on the whole split")
             seeds = _comparison_seeds(sum_a, sum_b)
             for metric in METRICS:
-                by_a, by_b = question_means(rows_a, metric), question_means(rows_b, metric)
-                ids = sorted(by_a)
-                result = paired_bootstrap([by_a[i] for i in ids], [by_b[i] for i in ids],
-                                          metric=metric, samples=samples, seed=0)
+                _, _, ids, result = _question_bootstrap(rows_a, rows_b, metric, samples)
                 row = {"data": data, "split": split, "n": len(ids), "metric": metric, "a": a, "b": b,
                        "a_score": round(result.mean_a, 4), "b_score": round(result.mean_b, 4),
                        "diff": round(result.diff, 4), "lo": round(result.low, 4), "hi": round(result.high, 4),
@@ -300,15 +297,22 @@ def per_seed_differences(rows_a: list[dict], rows_b: list[dict], metric: str, sa
     seeds = [s for s in seeds_b if s in seeds_a] if seeds_a and seeds_b else seeds_a or seeds_b
     differences = []
     for seed in seeds:
-        by_a = question_means([r for r in rows_a if not seeds_a or r["seed"] == seed], metric)
-        by_b = question_means([r for r in rows_b if not seeds_b or r["seed"] == seed], metric)
-        ids = sorted(by_a)
-        result = paired_bootstrap([by_a[i] for i in ids], [by_b[i] for i in ids], metric=metric, samples=samples,
-                                  seed=0)
+        by_a, by_b, ids, result = _question_bootstrap([r for r in rows_a if not seeds_a or r["seed"] == seed],
+                                                      [r for r in rows_b if not seeds_b or r["seed"] == seed],
+                                                      metric, samples)
         differences.append({"seed": seed, "diff": round(result.diff, 4), "lo": round(result.low, 4),
                             "hi": round(result.high, 4), "better": sum(by_b[i] > by_a[i] for i in ids),
                             "worse": sum(by_b[i] < by_a[i] for i in ids)})
     return differences
+
+
+def _question_bootstrap(rows_a: list[dict], rows_b: list[dict], metric: str, samples: int):
+    """Each question's score (its mean over seeds) on both sides, the question ids, and the paired bootstrap
+    of B minus A over them."""
+    by_a, by_b = question_means(rows_a, metric), question_means(rows_b, metric)
+    ids = sorted(by_a)
+    result = paired_bootstrap([by_a[i] for i in ids], [by_b[i] for i in ids], metric=metric, samples=samples, seed=0)
+    return by_a, by_b, ids, result
 
 
 def _seeds(rows: list[dict]) -> list[int]:
